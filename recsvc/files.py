@@ -1,0 +1,116 @@
+"""Recording files on disk: temporary writes, atomic publication, and the intact check.
+
+Theory of operation. A download is written to a temporary file in the same
+folder it will end in (so the rename stays on one filesystem), flushed and
+fsynced, then ``os.replace``d onto ``recordings/{business_id}/{call_sid}.{ext}``
+and the folder fsynced. Only after that does the caller record the
+recording row, so a file is visible to readers only once it is complete,
+durable and verified (CONTRACT 1). A crash at any instant leaves either the
+old state or a temporary file that no row names; temporary files carry
+their writer's host and pid, so a restarting process removes the leftovers
+of dead processes and never those of a live one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".part"
+
+
+def process_alive(pid: int) -> bool:
+    """True when a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+HOSTNAME = socket.gethostname()
+
+
+class RecordingFiles:
+    """The ``recordings/`` folder of a data dir."""
+
+    def __init__(self, data_dir: str):
+        self.root = os.path.join(os.path.abspath(data_dir), "recordings")
+        os.makedirs(self.root, exist_ok=True)
+
+    def relative_path(self, business_id: int, call_sid: str, extension: str) -> str:
+        return f"{int(business_id)}/{call_sid}.{extension}"
+
+    def absolute(self, relative: str) -> str:
+        return os.path.join(self.root, relative)
+
+    def create_temp(self, business_id: int) -> tuple[BinaryIO, str]:
+        """A new temporary file beside the final one; its name says who writes it."""
+        folder = os.path.join(self.root, str(int(business_id)))
+        os.makedirs(folder, exist_ok=True)
+        name = f".{HOSTNAME}.{os.getpid()}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        path = os.path.join(folder, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        return os.fdopen(fd, "wb"), path
+
+    def publish(self, temp_file: BinaryIO, temp_path: str, relative: str) -> None:
+        """Flush, fsync, rename into place, fsync the folder. Raises OSError on failure."""
+        temp_file.flush()
+        os.fsync(temp_file.fileno())
+        temp_file.close()
+        final = self.absolute(relative)
+        os.replace(temp_path, final)
+        folder_fd = os.open(os.path.dirname(final), os.O_RDONLY)
+        try:
+            os.fsync(folder_fd)
+        finally:
+            os.close(folder_fd)
+
+    def discard(self, temp_path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_path)
+
+    def remove(self, relative: str) -> None:
+        """Remove a published file; a reader that already opened it keeps reading it."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.absolute(relative))
+
+    def open_intact(self, relative: str, size: int) -> BinaryIO | None:
+        """The open file when it exists with its recorded size, else None (CONTRACT 3, vanished file)."""
+        try:
+            handle = open(self.absolute(relative), "rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+            return None
+        if os.fstat(handle.fileno()).st_size != size:
+            handle.close()
+            return None
+        return handle
+
+    def remove_dead_temp_files(self, own_pid: int | None = None) -> int:
+        """Remove temporary files whose writer is gone (same host, pid dead or this process's own pid)."""
+        removed = 0
+        for folder, _dirs, names in os.walk(self.root):
+            for name in names:
+                if not name.endswith(TEMP_SUFFIX):
+                    continue
+                parts = name[1:].rsplit(".", 3)  # host may contain dots: split from the right
+                if len(parts) != 4:
+                    continue
+                host, pid_text = parts[0], parts[1]
+                if host != HOSTNAME or not pid_text.isdigit():
+                    continue
+                pid = int(pid_text)
+                if pid == own_pid or not process_alive(pid):
+                    self.discard(os.path.join(folder, name))
+                    removed += 1
+        if removed:
+            log.info("removed %d leftover temporary file(s)", removed)
+        return removed

@@ -1,0 +1,94 @@
+"""The contract's nouns as frozen values: call, job, cached recording (CONTRACT 1).
+
+These are plain data read from the store; nothing here does I/O. JSON views
+use the contract's field names and ISO 8601 UTC times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .clock import iso_utc
+
+QUEUED = "queued"
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+ACTIVE_STATUSES = (QUEUED, RUNNING)
+JOB_STATUSES = (QUEUED, RUNNING, COMPLETED, FAILED)
+
+# Job failures, CONTRACT 4.
+STUCK = "stuck"
+ORPHANED = "orphaned"
+SUPERSEDED = "superseded"
+UPSTREAM_NOT_FOUND = "upstream_not_found"
+UPSTREAM_AUTH_FAILED = "upstream_auth_failed"
+DOWNLOAD_FAILED = "download_failed"
+INVALID_AUDIO = "invalid_audio"
+TOO_LARGE = "too_large"
+STORAGE_ERROR = "storage_error"
+JOB_ERROR_CODES = (STUCK, ORPHANED, SUPERSEDED, UPSTREAM_NOT_FOUND, UPSTREAM_AUTH_FAILED,
+                   DOWNLOAD_FAILED, INVALID_AUDIO, TOO_LARGE, STORAGE_ERROR)
+
+
+@dataclass(frozen=True)
+class Call:
+    business_id: int
+    call_sid: str
+    recording_url: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    business_id: int
+    call_sid: str
+    recording_url: str
+    status: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    heartbeat_at: float | None = None
+    worker_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempt: int = 0
+    queue_seq: int = 0
+    # The heartbeat interval of the worker that runs the job: liveness is
+    # judged by each worker's own interval (CONTRACT 4). None while queued.
+    worker_heartbeat_interval: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "business_id": self.business_id,
+            "call_sid": self.call_sid,
+            "recording_url": self.recording_url,
+            "status": self.status,
+            "attempt": self.attempt,
+            "created_at": iso_utc(self.created_at),
+            "started_at": iso_utc(self.started_at),
+            "finished_at": iso_utc(self.finished_at),
+            "heartbeat_at": iso_utc(self.heartbeat_at),
+            "worker_id": self.worker_id,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+        }
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A cached recording's metadata row; ``path`` is relative to recordings/."""
+    business_id: int
+    call_sid: str
+    recording_url: str
+    path: str
+    size: int
+    sha256: str
+    content_type: str
+    stored_at: float

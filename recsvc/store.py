@@ -1,0 +1,427 @@
+"""The SQLite store: schema, migrations and every SQL statement of recsvc.
+
+Theory of operation. Nothing else imports ``sqlite3``. The database is one
+file in WAL mode (readers never wait for the writer) with a busy timeout.
+Connections come from a small pool, so a request checks one out instead of
+connecting, and each connection is used by one thread at a time.
+
+- ``store.reading()`` yields a ``Tx`` for reads (one consistent snapshot).
+- ``store.writing()`` yields a ``Tx`` inside ``BEGIN IMMEDIATE``: the write
+  lock is taken up front, so a decide-then-act sequence (create a job,
+  replace a stuck one) is atomic across threads *and* processes sharing the
+  file. Busy/locked errors are retried before they surface.
+
+Invariants the schema enforces on its own:
+- at most one active job per call (a partial unique index, CONTRACT 8.1);
+- a job's status is one of the four (CHECK), and moves forward only because
+  every status change here is a compare-and-set on the status it expects.
+
+The schema version is ``PRAGMA user_version``; ``MIGRATIONS[i]`` takes a
+database from version i to i+1, so every release can open every older file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from typing import Iterator
+
+from .model import COMPLETED, FAILED, QUEUED, RUNNING, Call, Job, Recording
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1: the first release.
+    """
+    CREATE TABLE businesses (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE calls (
+        business_id INTEGER NOT NULL REFERENCES businesses(id),
+        call_sid TEXT NOT NULL,
+        recording_url TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (business_id, call_sid)
+    ) WITHOUT ROWID;
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        business_id INTEGER NOT NULL,
+        call_sid TEXT NOT NULL,
+        recording_url TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed')),
+        attempt INTEGER NOT NULL DEFAULT 0,
+        queue_seq INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        heartbeat_at REAL,
+        worker_id TEXT,
+        error_code TEXT,
+        error_message TEXT
+    );
+    CREATE UNIQUE INDEX jobs_one_active_per_call ON jobs (business_id, call_sid)
+        WHERE status IN ('queued', 'running');
+    CREATE INDEX jobs_queue ON jobs (queue_seq, id) WHERE status = 'queued';
+    CREATE INDEX jobs_running ON jobs (worker_id) WHERE status = 'running';
+    CREATE INDEX jobs_by_call ON jobs (business_id, call_sid, id);
+    CREATE TABLE recordings (
+        business_id INTEGER NOT NULL,
+        call_sid TEXT NOT NULL,
+        recording_url TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        stored_at REAL NOT NULL,
+        last_played_at REAL NOT NULL,
+        PRIMARY KEY (business_id, call_sid)
+    ) WITHOUT ROWID;
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        threads INTEGER NOT NULL,
+        heartbeat_interval REAL NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE control (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        workers_paused INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO control (id, workers_paused) VALUES (1, 0);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# ---------------------------------------------------------------- statements
+
+_JOB_COLUMNS = ("j.id, j.business_id, j.call_sid, j.recording_url, j.status, j.created_at, j.started_at, "
+                "j.finished_at, j.heartbeat_at, j.worker_id, j.error_code, j.error_message, j.attempt, "
+                "j.queue_seq, w.heartbeat_interval")
+_JOB_FROM = "jobs AS j LEFT JOIN workers AS w ON w.id = j.worker_id"
+
+SQL = {
+    # businesses
+    "insert_business": "INSERT INTO businesses (name, token_hash, created_at) VALUES (?, ?, ?)",
+    "business_for_token": "SELECT id FROM businesses WHERE token_hash = ?",
+    "business_exists": "SELECT 1 FROM businesses WHERE id = ?",
+    # calls
+    "get_call": "SELECT business_id, call_sid, recording_url, created_at FROM calls "
+                "WHERE business_id = ? AND call_sid = ?",
+    "insert_call": "INSERT INTO calls (business_id, call_sid, recording_url, created_at, updated_at) "
+                   "VALUES (?, ?, ?, ?, ?)",
+    "update_call_url": "UPDATE calls SET recording_url = ?, updated_at = ? WHERE business_id = ? AND call_sid = ?",
+    # jobs
+    "latest_job_for_url": f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} "
+                          "WHERE j.business_id = ? AND j.call_sid = ? AND j.recording_url = ? "
+                          "ORDER BY j.id DESC LIMIT 1",
+    "latest_job": f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} "
+                  "WHERE j.business_id = ? AND j.call_sid = ? ORDER BY j.id DESC LIMIT 1",
+    "get_job": f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE j.id = ?",
+    "active_jobs_of_call": f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} "
+                           "WHERE j.business_id = ? AND j.call_sid = ? AND j.status IN ('queued', 'running')",
+    "active_jobs": f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE j.status IN ('queued', 'running')",
+    "running_jobs": f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE j.status = 'running'",
+    "jobs_newest_first": f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} "
+                         "WHERE (?1 IS NULL OR j.call_sid = ?1) AND (?2 IS NULL OR j.business_id = ?2) "
+                         "ORDER BY j.id DESC LIMIT ?3",
+    # A new job takes the queue place of the call's previous job, if any, so
+    # retries do not make a backlog worse (CONTRACT 3); else a fresh place.
+    "insert_job": "INSERT INTO jobs (business_id, call_sid, recording_url, status, attempt, queue_seq, created_at) "
+                  "VALUES (?1, ?2, ?3, 'queued', ?4, "
+                  "COALESCE((SELECT queue_seq FROM jobs WHERE business_id = ?1 AND call_sid = ?2 "
+                  "          ORDER BY id DESC LIMIT 1), "
+                  "         (SELECT COALESCE(MAX(id), 0) + 1 FROM jobs)), ?5)",
+    "fail_job": "UPDATE jobs SET status = 'failed', finished_at = ?, error_code = ?, error_message = ? "
+                "WHERE id = ? AND status = ?",
+    "fail_owned_job": "UPDATE jobs SET status = 'failed', finished_at = ?, error_code = ?, error_message = ? "
+                      "WHERE id = ? AND status = 'running' AND worker_id = ?",
+    "complete_owned_job": "UPDATE jobs SET status = 'completed', finished_at = ? "
+                          "WHERE id = ? AND status = 'running' AND worker_id = ?",
+    "owns_job": "SELECT 1 FROM jobs WHERE id = ? AND status = 'running' AND worker_id = ?",
+    # One atomic statement claims the next job in queue order, unless paused.
+    "claim_next_job": "UPDATE jobs SET status = 'running', started_at = ?1, heartbeat_at = ?1, worker_id = ?2 "
+                      "WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY queue_seq, id LIMIT 1) "
+                      "AND (SELECT workers_paused FROM control WHERE id = 1) = 0 "
+                      "RETURNING id",
+    "count_jobs_by_status": "SELECT status, COUNT(*) FROM jobs GROUP BY status",
+    # recordings
+    "get_recording": "SELECT business_id, call_sid, recording_url, path, size, sha256, content_type, stored_at "
+                     "FROM recordings WHERE business_id = ? AND call_sid = ?",
+    "upsert_recording": "INSERT INTO recordings (business_id, call_sid, recording_url, path, size, sha256, "
+                        "content_type, stored_at, last_played_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (business_id, call_sid) DO UPDATE SET recording_url = excluded.recording_url, "
+                        "path = excluded.path, size = excluded.size, sha256 = excluded.sha256, "
+                        "content_type = excluded.content_type, stored_at = excluded.stored_at, "
+                        "last_played_at = excluded.last_played_at",
+    "delete_recording": "DELETE FROM recordings WHERE business_id = ? AND call_sid = ?",
+    "delete_recording_if": "DELETE FROM recordings WHERE business_id = ? AND call_sid = ? AND sha256 = ?",
+    "cache_bytes": "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM recordings",
+    # workers
+    "upsert_worker": "INSERT INTO workers (id, host, pid, threads, heartbeat_interval, started_at, heartbeat_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+    "beat_worker": "UPDATE workers SET heartbeat_at = ? WHERE id = ?",
+    "beat_running_jobs": "UPDATE jobs SET heartbeat_at = ? WHERE worker_id = ? AND status = 'running'",
+    "delete_worker": "DELETE FROM workers WHERE id = ?",
+    "all_workers": "SELECT id, host, pid, threads, heartbeat_interval, started_at, heartbeat_at FROM workers",
+    "live_worker": "SELECT 1 FROM workers WHERE heartbeat_at > ? - 3 * heartbeat_interval "
+                   "AND threads > 0 AND (SELECT workers_paused FROM control WHERE id = 1) = 0 LIMIT 1",
+    "live_worker_count": "SELECT COUNT(*) FROM workers WHERE heartbeat_at > ? - 3 * heartbeat_interval "
+                         "AND threads > 0",
+    "get_paused": "SELECT workers_paused FROM control WHERE id = 1",
+    "set_paused": "UPDATE control SET workers_paused = ? WHERE id = 1",
+}
+
+
+def _job(row: tuple | None) -> Job | None:
+    if row is None:
+        return None
+    return Job(*row[:14], worker_heartbeat_interval=row[14])
+
+
+def _jobs(rows: list[tuple]) -> list[Job]:
+    return [_job(r) for r in rows]
+
+
+class StoreBusy(Exception):
+    """The database stayed locked past every retry."""
+
+
+class Tx:
+    """Named queries over one connection; every SQL statement is in ``SQL`` above."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def _one(self, name: str, *args):
+        return self.conn.execute(SQL[name], args).fetchone()
+
+    def _all(self, name: str, *args):
+        return self.conn.execute(SQL[name], args).fetchall()
+
+    def _run(self, name: str, *args) -> int:
+        return self.conn.execute(SQL[name], args).rowcount
+
+    # businesses
+    def insert_business(self, name: str, token_hash: str, now: float) -> int:
+        return self.conn.execute(SQL["insert_business"], (name, token_hash, now)).lastrowid
+
+    def business_for_token(self, token_hash: str) -> int | None:
+        row = self._one("business_for_token", token_hash)
+        return row[0] if row else None
+
+    def business_exists(self, business_id: int) -> bool:
+        return self._one("business_exists", business_id) is not None
+
+    # calls
+    def get_call(self, business_id: int, call_sid: str) -> Call | None:
+        row = self._one("get_call", business_id, call_sid)
+        return Call(*row) if row else None
+
+    def insert_call(self, business_id: int, call_sid: str, url: str | None, now: float) -> None:
+        self._run("insert_call", business_id, call_sid, url, now, now)
+
+    def update_call_url(self, business_id: int, call_sid: str, url: str | None, now: float) -> None:
+        self._run("update_call_url", url, now, business_id, call_sid)
+
+    # jobs
+    def latest_job_for_url(self, business_id: int, call_sid: str, url: str) -> Job | None:
+        return _job(self._one("latest_job_for_url", business_id, call_sid, url))
+
+    def latest_job(self, business_id: int, call_sid: str) -> Job | None:
+        return _job(self._one("latest_job", business_id, call_sid))
+
+    def get_job(self, job_id: int) -> Job | None:
+        return _job(self._one("get_job", job_id))
+
+    def active_jobs_of_call(self, business_id: int, call_sid: str) -> list[Job]:
+        return _jobs(self._all("active_jobs_of_call", business_id, call_sid))
+
+    def active_jobs(self) -> list[Job]:
+        return _jobs(self._all("active_jobs"))
+
+    def running_jobs(self) -> list[Job]:
+        return _jobs(self._all("running_jobs"))
+
+    def jobs_newest_first(self, call_sid: str | None, business_id: int | None, limit: int) -> list[Job]:
+        return _jobs(self._all("jobs_newest_first", call_sid, business_id, limit))
+
+    def insert_job(self, business_id: int, call_sid: str, url: str, attempt: int, now: float) -> int:
+        return self.conn.execute(SQL["insert_job"], (business_id, call_sid, url, attempt, now)).lastrowid
+
+    def fail_job(self, job_id: int, expected_status: str, code: str, message: str, now: float) -> bool:
+        """Compare-and-set: True when the job was still ``expected_status``."""
+        return self._run("fail_job", now, code, message, job_id, expected_status) == 1
+
+    def fail_owned_job(self, job_id: int, worker_id: str, code: str, message: str, now: float) -> bool:
+        return self._run("fail_owned_job", now, code, message, job_id, worker_id) == 1
+
+    def complete_owned_job(self, job_id: int, worker_id: str, now: float) -> bool:
+        return self._run("complete_owned_job", now, job_id, worker_id) == 1
+
+    def owns_job(self, job_id: int, worker_id: str) -> bool:
+        return self._one("owns_job", job_id, worker_id) is not None
+
+    def claim_next_job(self, worker_id: str, now: float) -> Job | None:
+        row = self._one("claim_next_job", now, worker_id)
+        return self.get_job(row[0]) if row else None
+
+    def count_jobs_by_status(self) -> dict[str, int]:
+        counts = {status: 0 for status in (QUEUED, RUNNING, COMPLETED, FAILED)}
+        counts.update(dict(self._all("count_jobs_by_status")))
+        return counts
+
+    # recordings
+    def get_recording(self, business_id: int, call_sid: str) -> Recording | None:
+        row = self._one("get_recording", business_id, call_sid)
+        return Recording(*row) if row else None
+
+    def upsert_recording(self, rec: Recording, now: float) -> None:
+        self._run("upsert_recording", rec.business_id, rec.call_sid, rec.recording_url, rec.path, rec.size,
+                  rec.sha256, rec.content_type, rec.stored_at, now)
+
+    def delete_recording(self, business_id: int, call_sid: str, sha256: str | None = None) -> bool:
+        if sha256 is None:
+            return self._run("delete_recording", business_id, call_sid) == 1
+        return self._run("delete_recording_if", business_id, call_sid, sha256) == 1
+
+    def cache_bytes(self) -> tuple[int, int]:
+        size, count = self._one("cache_bytes")
+        return int(size), int(count)
+
+    # workers
+    def upsert_worker(self, worker_id: str, host: str, pid: int, threads: int, interval: float, now: float) -> None:
+        self._run("upsert_worker", worker_id, host, pid, threads, interval, now, now)
+
+    def beat(self, worker_id: str, now: float) -> None:
+        """The per-process heartbeat: the worker row and its running jobs (CONTRACT 4)."""
+        self._run("beat_worker", now, worker_id)
+        self._run("beat_running_jobs", now, worker_id)
+
+    def delete_worker(self, worker_id: str) -> None:
+        self._run("delete_worker", worker_id)
+
+    def all_workers(self) -> list[tuple]:
+        return self._all("all_workers")
+
+    def live_worker(self, now: float) -> bool:
+        return self._one("live_worker", now) is not None
+
+    def live_worker_count(self, now: float) -> int:
+        return self._one("live_worker_count", now)[0]
+
+    def paused(self) -> bool:
+        return bool(self._one("get_paused")[0])
+
+    def set_paused(self, paused: bool) -> None:
+        self._run("set_paused", int(paused))
+
+
+class Store:
+    """The database file and its connection pool."""
+
+    BUSY_RETRIES = 5
+
+    def __init__(self, path: str, busy_timeout: float = 5.0):
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._all_lock = threading.Lock()  # guards _all
+        self._all: list[sqlite3.Connection] = []
+        with self._connection() as conn:
+            self._migrate(conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a power cut may lose the last commits but never
+        # corrupts; a lost "completed" becomes an orphan, replaced at start.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:  # never hand a half-open transaction to the next user
+                conn.rollback()
+            self._idle.put(conn)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"database schema version {version} is newer than this recsvc ({SCHEMA_VERSION})")
+            for target in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target + 1}")
+                log.info("database migrated to schema version %d", target + 1)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def schema_version(self) -> int:
+        with self._connection() as conn:
+            return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Tx]:
+        """One consistent snapshot for several reads."""
+        with self._connection() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield Tx(conn)
+            finally:
+                conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Tx]:
+        """A write transaction holding SQLite's write lock from its first statement."""
+        with self._connection() as conn:
+            for attempt in range(self.BUSY_RETRIES):
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    log.warning("database busy, retrying (%d/%d)", attempt + 1, self.BUSY_RETRIES)
+                    time.sleep(0.05 * (attempt + 1))
+            else:
+                raise StoreBusy("the database stayed locked")
+            try:
+                yield Tx(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()

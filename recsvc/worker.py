@@ -1,0 +1,267 @@
+"""The download workers: a thread pool that claims queued jobs and brings recordings home.
+
+Theory of operation. One ``WorkerPool`` per process (``serve`` or ``worker``)
+is one row of the ``workers`` table, named for its host and pid, with its own
+heartbeat interval (CONTRACT 4). Its threads are:
+
+- N download threads, each looping over ``run_once()``: claim the next queued
+  job in queue order with one atomic statement (nothing is claimed while the
+  pause flag is set), download it, publish the file, and complete the job.
+  Between claims a thread waits on ``wake()`` (jobs created in this process)
+  or a short poll (jobs created by another process).
+- a heartbeat thread, calling ``heartbeat()`` every interval: it refreshes the
+  worker row *and* ``heartbeat_at`` of the jobs this process runs, so a
+  crashed process is noticed by the fourth stuck rule within seconds.
+- a supervisor that replaces a download thread that died.
+
+Ownership: every status change a worker makes is a compare-and-set on
+(job id, status running, this worker id). A worker that lost its job (it was
+marked stuck meanwhile) changes no row; the complete, verified file it may
+have published stays, harmless, and is overwritten by the next download.
+
+``recover_orphans()`` runs once at start: jobs left running by a process of
+this host that no longer exists are failed ``orphaned`` and replaced in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Callable
+
+from .clock import Clock
+from .files import HOSTNAME, RecordingFiles, process_alive
+from .media import AUDIO_TYPES
+from .metrics import Metrics
+from .model import ORPHANED, STORAGE_ERROR, Job, Recording
+from .store import Store
+from .upstream import Downloader, DownloadFailed
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{HOSTNAME}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def parse_worker_id(worker_id: str) -> tuple[str, int] | None:
+    """(host, pid) of a worker id, or None when it is not one of ours."""
+    host, sep, rest = worker_id.rpartition(":")
+    host, sep2, pid = host.rpartition(":")
+    if not sep or not sep2 or not pid.isdigit():
+        return None
+    return host, int(pid)
+
+
+def recover_orphans(store: Store, files: RecordingFiles, clock: Clock, own_worker_id: str | None = None) -> int:
+    """Fail and replace the jobs left running by dead processes of this host (CONTRACT 4).
+
+    A job is an orphan when its worker names this host and a pid that no
+    longer exists, or this very pid under another worker id (a restarted
+    container reuses pids). Its replacement keeps its place in the queue and
+    its attempt number: orphans do not count as retries.
+    """
+    now = clock()
+    replaced = 0
+    with store.writing() as tx:
+        for job in tx.running_jobs():
+            owner = parse_worker_id(job.worker_id or "")
+            if owner is None or owner[0] != HOSTNAME:
+                continue
+            pid = owner[1]
+            same_pid_other_run = pid == os.getpid() and job.worker_id != own_worker_id
+            if process_alive(pid) and not same_pid_other_run:
+                continue
+            if tx.fail_job(job.id, "running", ORPHANED, "worker restarted", now):
+                tx.insert_job(job.business_id, job.call_sid, job.recording_url, job.attempt, now)
+                replaced += 1
+                log.warning("[ORPHAN] job=%d call_sid=%s failed: worker restarted; replacement queued",
+                            job.id, job.call_sid)
+        for worker_id, host, pid, *_ in tx.all_workers():
+            if host == HOSTNAME and worker_id != own_worker_id and (pid == os.getpid() or not process_alive(pid)):
+                tx.delete_worker(worker_id)
+    files.remove_dead_temp_files(own_pid=os.getpid())
+    return replaced
+
+
+class WorkerPool:
+    """Download threads, their heartbeat and their supervisor, for one process."""
+
+    def __init__(self, store: Store, files: RecordingFiles, downloader: Downloader, *,
+                 threads: int, heartbeat_interval: float, clock: Clock, metrics: Metrics,
+                 poll_interval: float = 0.5, on_job_done: Callable[[Job], None] | None = None,
+                 worker_id: str | None = None):
+        self.store = store
+        self.files = files
+        self.downloader = downloader
+        self.threads = threads
+        self.heartbeat_interval = heartbeat_interval
+        self.clock = clock
+        self.metrics = metrics
+        self.poll_interval = min(poll_interval, heartbeat_interval)
+        self.on_job_done = on_job_done
+        self.worker_id = worker_id or new_worker_id()
+        self._stopping = threading.Event()
+        self._work = threading.Condition()  # guards _pending_wakes
+        self._pending_wakes = 0
+        self._download_threads: list[threading.Thread] = []
+        self._service_threads: list[threading.Thread] = []
+        self._busy = 0
+        self._busy_lock = threading.Lock()  # guards _busy
+
+    # ---- lifecycle
+
+    def register(self) -> None:
+        """Write this process's worker row (a first heartbeat)."""
+        with self.store.writing() as tx:
+            tx.upsert_worker(self.worker_id, HOSTNAME, os.getpid(), self.threads,
+                             self.heartbeat_interval, self.clock())
+
+    def start(self) -> None:
+        self.register()
+        for index in range(self.threads):
+            self._download_threads.append(self._start_download_thread(index))
+        for name, target in (("heartbeat", self._heartbeat_loop), ("supervisor", self._supervise)):
+            thread = threading.Thread(target=target, name=f"recsvc-{name}", daemon=True)
+            thread.start()
+            self._service_threads.append(thread)
+        log.info("worker %s started with %d download thread(s)", self.worker_id, self.threads)
+
+    def stop(self, grace: float = 5.0) -> bool:
+        """Stop claiming, let in-flight downloads finish within ``grace``; True when all finished."""
+        self._stopping.set()
+        self.wake()
+        deadline = time.monotonic() + grace
+        for thread in self._download_threads + self._service_threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        finished = not any(t.is_alive() for t in self._download_threads)
+        if finished:
+            try:
+                with self.store.writing() as tx:
+                    tx.delete_worker(self.worker_id)
+            except Exception:  # the store may already be gone; the row just ages out
+                log.debug("could not remove worker row", exc_info=True)
+        return finished
+
+    @property
+    def busy(self) -> int:
+        with self._busy_lock:
+            return self._busy
+
+    def wake(self) -> None:
+        """A job was queued in this process: let one idle thread look now."""
+        with self._work:
+            self._pending_wakes += 1
+            self._work.notify_all()
+
+    # ---- threads
+
+    def _start_download_thread(self, index: int) -> threading.Thread:
+        thread = threading.Thread(target=self._download_loop, name=f"recsvc-download-{index}", daemon=True)
+        thread.start()
+        return thread
+
+    def _download_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:
+                log.exception("download thread error; continuing")
+                worked = False
+            if not worked:
+                with self._work:
+                    if self._pending_wakes == 0 and not self._stopping.is_set():
+                        self._work.wait(self.poll_interval)
+                    self._pending_wakes = max(0, self._pending_wakes - 1)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.wait(self.heartbeat_interval):
+            try:
+                self.heartbeat()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(1.0):
+            for index, thread in enumerate(self._download_threads):
+                if not thread.is_alive() and not self._stopping.is_set():
+                    log.error("download thread %s died; starting a new one", thread.name)
+                    self._download_threads[index] = self._start_download_thread(index)
+
+    # ---- one step each (tests call these directly)
+
+    def heartbeat(self) -> None:
+        with self.store.writing() as tx:
+            tx.beat(self.worker_id, self.clock())
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when there was nothing to claim."""
+        with self.store.writing() as tx:
+            job = tx.claim_next_job(self.worker_id, self.clock())
+        if job is None:
+            return False
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            self._run(job)
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+        return True
+
+    def _run(self, job: Job) -> None:
+        started = time.monotonic()
+        log.info("job=%d call_sid=%s download started", job.id, job.call_sid)
+        temp = temp_path = None
+        try:
+            temp, temp_path = self.files.create_temp(job.business_id)
+            got = self.downloader.download(job.recording_url, temp)
+            if self._publish(job, temp, temp_path, got):
+                temp_path = None
+        except DownloadFailed as exc:
+            self._fail(job, exc.code, exc.message)
+        except OSError as exc:
+            self._fail(job, STORAGE_ERROR, f"could not store the recording: {exc.strerror or exc}")
+        finally:
+            if temp is not None and not temp.closed:
+                temp.close()
+            if temp_path is not None:
+                self.files.discard(temp_path)
+            self.metrics.observe_job_duration(time.monotonic() - started)
+            if self.on_job_done is not None:
+                self.on_job_done(job)
+
+    def _publish(self, job: Job, temp, temp_path: str, got) -> bool:
+        """Rename the file into place and record it; False when the job is no longer ours."""
+        relative = self.files.relative_path(job.business_id, job.call_sid, AUDIO_TYPES[got.content_type])
+        now = self.clock()
+        # The rename happens under the write lock after the ownership check,
+        # so a job that lost its place never replaces a newer file.
+        with self.store.writing() as tx:
+            if not tx.owns_job(job.id, self.worker_id):
+                log.warning("job=%d call_sid=%s finished but is no longer ours; nothing recorded",
+                            job.id, job.call_sid)
+                return False
+            previous = tx.get_recording(job.business_id, job.call_sid)
+            self.files.publish(temp, temp_path, relative)
+            tx.upsert_recording(Recording(job.business_id, job.call_sid, job.recording_url, relative,
+                                          got.size, got.sha256, got.content_type, now), now)
+            tx.complete_owned_job(job.id, self.worker_id, now)
+        if previous is not None and previous.path != relative:
+            self.files.remove(previous.path)
+        self.metrics.job_finished("completed")
+        log.info("job=%d call_sid=%s completed: %d bytes %s", job.id, job.call_sid, got.size, got.content_type)
+        return True
+
+    def _fail(self, job: Job, code: str, message: str) -> None:
+        with self.store.writing() as tx:
+            owned = tx.fail_owned_job(job.id, self.worker_id, code, message, self.clock())
+        if owned:
+            self.metrics.job_finished("failed", code)
+            log.warning("job=%d call_sid=%s failed: %s %s", job.id, job.call_sid, code, message)
+        else:
+            log.warning("job=%d call_sid=%s failed (%s) but is no longer ours; nothing recorded",
+                        job.id, job.call_sid, code)
