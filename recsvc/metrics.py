@@ -1,0 +1,127 @@
+"""Counters and histograms of this process, rendered in the Prometheus text format.
+
+In-process counters (requests, fail-fast trips, stuck jobs, job durations)
+live here; values that belong to the database (jobs by status, queue
+depth, live workers, cache bytes) are read at scrape time and passed to
+``render()`` as gauges, so the hot paths only bump a counter under a lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import defaultdict
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
+    if not pairs:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _Histogram:
+    def __init__(self, buckets: tuple[float, ...]):
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.n += 1
+
+    def lines(self, name: str, labels: tuple[tuple[str, str], ...]) -> list[str]:
+        out = []
+        running = 0
+        for bound, count in zip(self.buckets, self.counts):
+            running += count
+            out.append(f"{name}_bucket{_labels(labels + (('le', f'{bound:g}'),))} {running}")
+        out.append(f"{name}_bucket{_labels(labels + (('le', '+Inf'),))} {self.n}")
+        out.append(f"{name}_sum{_labels(labels)} {self.total:.6f}")
+        out.append(f"{name}_count{_labels(labels)} {self.n}")
+        return out
+
+
+class Metrics:
+    """The process's counters; one lock guards them all (updates are a few adds)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()  # guards every field below
+        self._requests: dict[tuple, int] = defaultdict(int)
+        self._request_seconds: dict[tuple, _Histogram] = {}
+        self._fail_fast: dict[str, int] = defaultdict(int)
+        self._stuck: dict[str, int] = defaultdict(int)
+        self._jobs_finished: dict[tuple, int] = defaultdict(int)
+        self._job_seconds = _Histogram(DURATION_BUCKETS)
+        self._retries = 0
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (("route", route), ("method", method), ("status", str(status)))
+        with self._lock:
+            self._requests[key] += 1
+            hist = self._request_seconds.get(key)
+            if hist is None:
+                hist = self._request_seconds[key] = _Histogram(DURATION_BUCKETS)
+            hist.observe(seconds)
+
+    def fail_fast_trip(self, error: str) -> None:
+        with self._lock:
+            self._fail_fast[error] += 1
+
+    def retry(self) -> None:
+        with self._lock:
+            self._retries += 1
+
+    def stuck_job(self, kind: str) -> None:
+        with self._lock:
+            self._stuck[kind] += 1
+
+    def job_finished(self, status: str, error_code: str = "") -> None:
+        with self._lock:
+            self._jobs_finished[(("status", status), ("error_code", error_code))] += 1
+
+    def observe_job_duration(self, seconds: float) -> None:
+        with self._lock:
+            self._job_seconds.observe(seconds)
+
+    def render(self, gauges: dict[str, tuple[str, list[tuple[tuple[tuple[str, str], ...], float]]]]) -> str:
+        """Prometheus text; ``gauges`` maps a name to (help, [(labels, value), ...])."""
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+
+        with self._lock:
+            family("recsvc_http_requests_total", "counter", "HTTP requests answered, by route, method and status.")
+            for key, value in sorted(self._requests.items()):
+                out.append(f"recsvc_http_requests_total{_labels(key)} {value}")
+            family("recsvc_http_request_duration_seconds", "histogram", "Time to answer an HTTP request.")
+            for key, hist in sorted(self._request_seconds.items()):
+                out.extend(hist.lines("recsvc_http_request_duration_seconds", key))
+            family("recsvc_fail_fast_trips_total", "counter", "Retries refused because the retry limit was reached, by error.")
+            for error, value in sorted(self._fail_fast.items()):
+                out.append(f"recsvc_fail_fast_trips_total{_labels((('error', error),))} {value}")
+            family("recsvc_retries_total", "counter", "Retry jobs created (CONTRACT 3, row 10b).")
+            out.append(f"recsvc_retries_total {self._retries}")
+            family("recsvc_stuck_jobs_total", "counter", "Active jobs marked failed as stuck, by rule.")
+            for kind, value in sorted(self._stuck.items()):
+                out.append(f"recsvc_stuck_jobs_total{_labels((('reason', kind),))} {value}")
+            family("recsvc_jobs_finished_total", "counter", "Jobs this process's workers finished, by status and error code.")
+            for key, value in sorted(self._jobs_finished.items()):
+                out.append(f"recsvc_jobs_finished_total{_labels(key)} {value}")
+            family("recsvc_job_duration_seconds", "histogram", "Time from claiming a job to its end, in this process.")
+            out.extend(self._job_seconds.lines("recsvc_job_duration_seconds", ()))
+        for name, (help_text, samples) in gauges.items():
+            family(name, "gauge", help_text)
+            for labels, value in samples:
+                out.append(f"{name}{_labels(labels)} {value:g}")
+        return "\n".join(out) + "\n"

@@ -1,0 +1,330 @@
+"""The effects of the contract: gather facts, ask the pure decision, apply what it says.
+
+Theory of operation. ``play()`` is CONTRACT 3 end to end. It reads one
+snapshot (call, cached recording, latest job for the current URL, whether a
+live worker exists) and asks ``decide_play``. Outcomes without side effects
+(rows 3-6, 9) are answered from that snapshot: the hot 202 poll costs one
+read transaction and no write. Outcomes with effects (rows 7, 8, 10) are
+decided again inside ``BEGIN IMMEDIATE`` on a fresh snapshot and applied
+there, so fifty simultaneous requests create one job and one INCR
+(CONTRACT 8.1), across threads and processes alike.
+
+The retry counter is consulted only when a retry is on the table, inside
+that same transaction: GET decides 10b or 10c, then INCR + EXPIRE. A counter
+that raises is logged and the retry allowed (fail open).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from typing import BinaryIO, Callable
+
+from .clock import Clock, iso_utc, wait_seconds
+from .counter import CounterError, RetryCounter, retry_key
+from .decision import (
+    CallNotFound, FirstJob, NoLiveWorker, NoRecordingUrl, PlayFacts, PlayOutcome, Processing,
+    RecordingNotFoundUpstream, RetryAllowed, RetryNeeded, RetryRefused, ServeFile,
+    decide_play, decide_retry, stuck_kind, stuck_reason,
+)
+from .files import RecordingFiles
+from .metrics import Metrics
+from .model import STUCK, SUPERSEDED, Call, Job, Recording
+from .settings import Settings
+from .store import Store, Tx
+from .upstream import check_recording_url
+
+log = logging.getLogger(__name__)
+
+CALL_SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def valid_call_sid(raw: str) -> bool:
+    """CONTRACT 3 row 2, applied to the raw path segment before any decoding."""
+    return CALL_SID.fullmatch(raw) is not None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_token() -> str:
+    """A business token: 32 random bytes, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class PlayResult:
+    """What the HTTP layer renders for a play request."""
+    outcome: PlayOutcome | RetryAllowed | RetryRefused
+    job: Job | None = None              # the job the 202 is about
+    attempt: int = 0
+    recording: Recording | None = None  # with ``file`` open, for row 4
+    file: BinaryIO | None = None
+
+
+class RecordingService:
+    def __init__(self, settings: Settings, store: Store, files: RecordingFiles, counter: RetryCounter,
+                 clock: Clock, metrics: Metrics, on_job_queued: Callable[[], None] = lambda: None):
+        self.settings = settings
+        self.store = store
+        self.files = files
+        self.counter = counter
+        self.clock = clock
+        self.metrics = metrics
+        self.on_job_queued = on_job_queued
+
+    # ------------------------------------------------------------ businesses
+
+    def create_business(self, name: str) -> tuple[int, str]:
+        token = new_token()
+        with self.store.writing() as tx:
+            business_id = tx.insert_business(name, hash_token(token), self.clock())
+        return business_id, token
+
+    def authenticate(self, token: str | None) -> int | None:
+        if not token:
+            return None
+        with self.store.reading() as tx:
+            return tx.business_for_token(hash_token(token))
+
+    # ------------------------------------------------------------ play (CONTRACT 3)
+
+    def _facts(self, tx: Tx, business_id: int, call_sid: str) -> tuple[PlayFacts, Recording | None, BinaryIO | None]:
+        call = tx.get_call(business_id, call_sid)
+        recording = handle = None
+        latest = None
+        if call is not None:
+            recording = tx.get_recording(business_id, call_sid)
+            if recording is not None:
+                handle = self.files.open_intact(recording.path, recording.size)
+            if handle is None and call.recording_url:
+                latest = tx.latest_job_for_url(business_id, call_sid, call.recording_url)
+        live = handle is None and call is not None and tx.live_worker(self.clock())
+        facts = PlayFacts(authenticated=True, call_sid_valid=True, call=call, recording_intact=handle is not None,
+                          latest_job=latest, live_worker=live)
+        return facts, recording, handle
+
+    def play(self, business_id: int, call_sid: str) -> PlayResult:
+        with self.store.reading() as tx:
+            facts, recording, handle = self._facts(tx, business_id, call_sid)
+        outcome = decide_play(facts, self.clock(), self.settings)
+        if recording is not None and handle is None:
+            self._drop_vanished(recording)
+        if isinstance(outcome, (CallNotFound, NoRecordingUrl, RecordingNotFoundUpstream)):
+            return PlayResult(outcome)
+        if isinstance(outcome, ServeFile):
+            return PlayResult(outcome, recording=recording, file=handle)
+        if isinstance(outcome, Processing):
+            return PlayResult(outcome, job=outcome.job, attempt=outcome.job.attempt)
+        if isinstance(outcome, NoLiveWorker) and not outcome.create_job:
+            return PlayResult(outcome)
+        return self._play_with_effects(business_id, call_sid)
+
+    def _drop_vanished(self, recording: Recording) -> None:
+        """A cached file that vanished or changed size is not cached: drop its row (CONTRACT 3)."""
+        with self.store.writing() as tx:
+            dropped = tx.delete_recording(recording.business_id, recording.call_sid, recording.sha256)
+        if dropped:
+            log.warning("call_sid=%s cached file %s vanished or changed size; row dropped",
+                        recording.call_sid, recording.path)
+
+    def _play_with_effects(self, business_id: int, call_sid: str) -> PlayResult:
+        queued = False
+        with self.store.writing() as tx:
+            now = self.clock()
+            facts, recording, handle = self._facts(tx, business_id, call_sid)
+            outcome = decide_play(facts, now, self.settings)
+            call = facts.call
+            if isinstance(outcome, ServeFile):
+                return PlayResult(outcome, recording=recording, file=handle)
+            if isinstance(outcome, (CallNotFound, NoRecordingUrl, RecordingNotFoundUpstream)):
+                return PlayResult(outcome)
+            if isinstance(outcome, Processing):
+                return PlayResult(outcome, job=outcome.job, attempt=outcome.job.attempt)
+            if isinstance(outcome, NoLiveWorker):                               # row 7
+                job = None
+                if outcome.create_job:
+                    previous = facts.latest_job
+                    job = self._insert_job(tx, call, previous.attempt if previous else 0, now)
+                    queued = True
+                result = PlayResult(outcome, job=job, attempt=job.attempt if job else 0)
+            else:
+                stuck = outcome.stuck
+                if stuck is not None:                                           # row 8
+                    self._mark_stuck(tx, stuck[0], stuck[1], now)
+                if isinstance(outcome, FirstJob):                               # row 10a
+                    job = self._insert_job(tx, call, 0, now)
+                    queued = True
+                    result = PlayResult(outcome, job=job, attempt=0)
+                else:
+                    result = self._retry(tx, call, outcome, now)                # rows 10b / 10c
+                    queued = isinstance(result.outcome, RetryAllowed)
+        if queued:
+            self.on_job_queued()
+        return result
+
+    def _insert_job(self, tx: Tx, call: Call, attempt: int, now: float) -> Job:
+        job_id = tx.insert_job(call.business_id, call.call_sid, call.recording_url, attempt, now)
+        return tx.get_job(job_id)
+
+    def _mark_stuck(self, tx: Tx, job: Job, reason: str, now: float) -> bool:
+        if not tx.fail_job(job.id, job.status, STUCK, reason, now):
+            return False
+        self.metrics.stuck_job(stuck_kind(reason))
+        log.warning("[STUCK] job=%d call_sid=%s reason=%s", job.id, job.call_sid, reason)
+        return True
+
+    def _retry(self, tx: Tx, call: Call, outcome: RetryNeeded, now: float) -> PlayResult:
+        key = retry_key(call.business_id, call.call_sid)
+        try:
+            attempts = self.counter.get(key) or 0
+            ttl = self.counter.ttl(key) if attempts >= self.settings.max_retry_attempts else None
+        except CounterError as exc:
+            log.warning("retry counter unavailable (%s); allowing the retry", exc)
+            attempts, ttl = None, None
+        verdict = decide_retry(attempts, ttl, outcome.last_failure, self.settings)
+        if isinstance(verdict, RetryRefused):
+            self.metrics.fail_fast_trip(verdict.error)
+            if outcome.last_failure == STUCK:
+                log.warning("[FAIL_FAST] Worker not processing queue after %d attempts call_sid=%s",
+                            verdict.attempts, call.call_sid)
+            else:
+                log.warning("[FAIL_FAST] Recording download failed after %d attempts call_sid=%s",
+                            verdict.attempts, call.call_sid)
+            return PlayResult(verdict, job=outcome.last_job, attempt=verdict.attempts)
+        try:
+            attempt = self.counter.incr_and_expire(key, self.settings.retry_window)
+        except CounterError as exc:
+            log.warning("retry counter unavailable (%s); allowing the retry", exc)
+            attempt = outcome.last_job.attempt + 1
+        job = self._insert_job(tx, call, attempt, now)
+        self.metrics.retry()
+        log.warning("[FAIL_FAST] Retry attempt %d/%d for call_sid=%s", attempt,
+                    self.settings.max_retry_attempts, call.call_sid)
+        return PlayResult(verdict, job=job, attempt=attempt)
+
+    # ------------------------------------------------------------ calls (CONTRACT 6)
+
+    def put_call(self, business_id: int, call_sid: str, recording_url: str | None) -> tuple[bool, dict]:
+        """Create or update a call; True when created. Raises UrlNotAllowed."""
+        if recording_url is not None:
+            check_recording_url(recording_url, self.settings.allow_upstream)
+        dropped: Recording | None = None
+        url_changed = False
+        with self.store.writing() as tx:
+            now = self.clock()
+            call = tx.get_call(business_id, call_sid)
+            created = call is None
+            if created:
+                tx.insert_call(business_id, call_sid, recording_url, now)
+            elif call.recording_url != recording_url:
+                url_changed = True
+                tx.update_call_url(business_id, call_sid, recording_url, now)
+                for job in tx.active_jobs_of_call(business_id, call_sid):
+                    tx.fail_job(job.id, job.status, SUPERSEDED, "the call was given a new recording_url", now)
+                dropped = tx.get_recording(business_id, call_sid)
+                if dropped is not None:
+                    tx.delete_recording(business_id, call_sid)
+            view = self._call_view(tx, business_id, call_sid)
+        if dropped is not None:
+            self.files.remove(dropped.path)
+        if url_changed:  # a new URL starts a fresh history (CONTRACT 6)
+            try:
+                self.counter.delete(retry_key(business_id, call_sid))
+            except CounterError as exc:
+                log.warning("retry counter unavailable (%s); key of call_sid=%s not deleted", exc, call_sid)
+        return created, view
+
+    def get_call(self, business_id: int, call_sid: str) -> dict | None:
+        with self.store.reading() as tx:
+            return self._call_view(tx, business_id, call_sid)
+
+    def _call_view(self, tx: Tx, business_id: int, call_sid: str) -> dict | None:
+        call = tx.get_call(business_id, call_sid)
+        if call is None:
+            return None
+        recording = tx.get_recording(business_id, call_sid)
+        latest = tx.latest_job(business_id, call_sid)
+        return {
+            "call_sid": call.call_sid,
+            "recording_url": call.recording_url,
+            "created_at": iso_utc(call.created_at),
+            "cached": recording is not None,
+            "latest_job": latest.to_json() if latest else None,
+        }
+
+    # ------------------------------------------------------------ admin (CONTRACT 6)
+
+    def set_paused(self, paused: bool) -> bool:
+        with self.store.writing() as tx:
+            tx.set_paused(paused)
+        log.warning("workers %s", "paused" if paused else "resumed")
+        if not paused:
+            self.on_job_queued()
+        return paused
+
+    def cleanup(self) -> int:
+        """The sweeper's pass: mark every stuck active job failed; never creates jobs (CONTRACT 4)."""
+        marked = 0
+        with self.store.reading() as tx:
+            candidates = tx.active_jobs()
+        now = self.clock()
+        stuck = [(job, reason) for job in candidates if (reason := stuck_reason(job, now, self.settings))]
+        if not stuck:
+            return 0
+        with self.store.writing() as tx:
+            for job, reason in stuck:
+                if self._mark_stuck(tx, job, reason, now):
+                    marked += 1
+        return marked
+
+    def jobs(self, call_sid: str | None, business_id: int | None, limit: int = 200) -> list[dict]:
+        with self.store.reading() as tx:
+            return [job.to_json() for job in tx.jobs_newest_first(call_sid, business_id, limit)]
+
+    def retry_counter(self, business_id: int, call_sid: str) -> dict:
+        key = retry_key(business_id, call_sid)
+        return {"key": key, "attempts": self.counter.get(key) or 0, "ttl": self.counter.ttl(key)}
+
+    # ------------------------------------------------------------ health
+
+    def readiness(self) -> str | None:
+        """None when ready, else the reason (CONTRACT 6, /readyz)."""
+        try:
+            with self.store.reading() as tx:
+                live = tx.live_worker(self.clock())
+                paused = tx.paused()
+        except Exception as exc:  # any database failure means not ready
+            return f"database unavailable: {exc}"
+        if paused:
+            return "workers are paused"
+        if not live:
+            return "no live worker"
+        return None
+
+    def gauges(self) -> dict:
+        with self.store.reading() as tx:
+            counts = tx.count_jobs_by_status()
+            live = tx.live_worker_count(self.clock())
+            paused = tx.paused()
+            cache_bytes, cache_files = tx.cache_bytes()
+        return {
+            "recsvc_jobs": ("Jobs in the database, by status.",
+                            [((("status", s),), n) for s, n in sorted(counts.items())]),
+            "recsvc_queue_depth": ("Jobs queued and not yet claimed.", [((), counts.get("queued", 0))]),
+            "recsvc_live_workers": ("Worker processes with a fresh heartbeat.", [((), live)]),
+            "recsvc_workers_paused": ("1 while workers are paused.", [((), int(paused))]),
+            "recsvc_cache_bytes": ("Bytes of cached recordings.", [((), cache_bytes)]),
+            "recsvc_cache_files": ("Cached recordings.", [((), cache_files)]),
+        }
+
+
+def retry_after_for(result: PlayResult, settings: Settings) -> int:
+    """Retry-After of a 202: recovery-retry-after right after a retry, else retry-after (CONTRACT 3)."""
+    if isinstance(result.outcome, RetryAllowed):
+        return wait_seconds(settings.recovery_retry_after)
+    return wait_seconds(settings.retry_after)
