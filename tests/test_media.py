@@ -1,0 +1,81 @@
+"""CONTRACT section 5: how a cached recording is recognised and answered."""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import pytest
+
+from recsvc import media
+
+
+def _wav_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x00\x00" * 80)
+    return buffer.getvalue()
+
+
+# MPEG-1 Layer III, 128 kbit/s, 44.1 kHz, no CRC: the commonest MP3 frame.
+MP3_FRAME = b"\xff\xfb\x90\x64" + b"\x00" * 28
+# ID3v2.4 header, no flags, tag size 0x21 (synchsafe), then the frame.
+ID3_MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x21" + b"\x00" * 0x21 + MP3_FRAME
+# First page of an Ogg stream: capture pattern, version 0, "beginning of stream".
+OGG = b"OggS\x00\x02" + b"\x00" * 20
+# The FLAC marker, then a STREAMINFO block header (last block, 34 bytes).
+FLAC = b"fLaC\x80\x00\x00\x22" + b"\x00" * 34
+
+SNIFF_CASES = [
+    pytest.param(_wav_bytes(), "audio/wav", id="a WAV written by the wave module is audio/wav"),
+    pytest.param(ID3_MP3, "audio/mpeg", id="an MP3 opening with an ID3v2 tag is audio/mpeg"),
+    pytest.param(MP3_FRAME, "audio/mpeg", id="an MP3 opening with a frame sync is audio/mpeg"),
+    pytest.param(b"\xff\xf3\x64\xc4" + b"\x00" * 8, "audio/mpeg", id="an MPEG-2 Layer III frame is audio/mpeg"),
+    pytest.param(OGG, "audio/ogg", id="OggS is audio/ogg"),
+    pytest.param(FLAC, "audio/flac", id="fLaC is audio/flac"),
+    pytest.param(
+        b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head></html>",
+        None,
+        id="an HTML error page is not audio",
+    ),
+    pytest.param(b'{"code": 20404, "message": "not found"}', None, id="a JSON error body is not audio"),
+    pytest.param(b"Service Unavailable\n", None, id="plain text is not audio"),
+    pytest.param(b"", None, id="empty bytes are not audio"),
+    pytest.param(b"ID3", None, id="a 3-byte ID3 with no room for a tag header is not audio"),
+    pytest.param(b"RIF", None, id="a 3-byte truncated RIFF is not audio"),
+    pytest.param(b"\xff\xfb\x90", None, id="a 3-byte frame sync with no room for a frame header is not audio"),
+    pytest.param(b"RIFF\x24\x00\x00\x00AVI LIST", None, id="a RIFF that is not WAVE is not audio"),
+    pytest.param(
+        "<html><body>Error</body></html>".encode("utf-16"),
+        None,
+        id="an HTML page in UTF-16 is not audio although its byte order mark looks like a frame sync",
+    ),
+    pytest.param(b"\xff\xf1\x50\x80\x02\x1f\xfc", None, id="ADTS AAC (layer bits 00) is not audio/mpeg"),
+    pytest.param(b"\xff\xeb\x90\x64", None, id="a frame sync with the reserved MPEG version is not audio"),
+    pytest.param(b"\xff\xfb\xf0\x64", None, id="a frame sync with the bad bitrate index is not audio"),
+    pytest.param(b"ID3\xff\x00\x00\x00\x00\x00\x21", None, id="ID3 followed by an impossible version is not audio"),
+]
+
+
+@pytest.mark.parametrize("head, expected", SNIFF_CASES)
+def test_content_type_comes_from_the_files_own_bytes(head: bytes, expected: str | None) -> None:
+    assert media.sniff_content_type(head) == expected
+
+
+@pytest.mark.parametrize("head, expected", SNIFF_CASES)
+def test_the_first_sniff_bytes_are_enough_to_decide(head: bytes, expected: str | None) -> None:
+    assert media.sniff_content_type(head[: media.SNIFF_BYTES]) == expected
+
+
+def test_every_sniffed_type_has_a_file_extension() -> None:
+    sniffed = {p.values[1] for p in SNIFF_CASES} - {None}
+    assert sniffed == set(media.AUDIO_TYPES)
+    assert media.AUDIO_TYPES == {
+        "audio/wav": "wav",
+        "audio/mpeg": "mp3",
+        "audio/ogg": "ogg",
+        "audio/flac": "flac",
+    }
