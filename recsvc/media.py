@@ -8,9 +8,15 @@ renders what it gets back.
 - ``sniff_content_type(head)``: the ``Content-Type`` from the file's own first
   ``SNIFF_BYTES`` bytes, or None for anything that is not audio (the worker
   then fails the job with ``invalid_audio``).
+- ``strong_etag``, ``http_date``, ``parse_http_date``: the validators a file
+  is sent with (RFC 9110 8.8) and the dates clients send back.
 """
 
 from __future__ import annotations
+
+import email.utils
+import re
+from datetime import timezone
 
 # Content type -> the extension a stored file gets (CONTRACT 5).
 AUDIO_TYPES: dict[str, str] = {
@@ -70,3 +76,39 @@ def _is_mpeg_frame_header(head: bytes) -> bool:
         and bitrate != _MPEG_BITRATE_BAD
         and sample_rate != _MPEG_SAMPLE_RATE_RESERVED
     )
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def strong_etag(sha256_hex: str) -> str:
+    """The file's strong entity tag: its whole sha256, quoted (CONTRACT 5, RFC 9110 8.8.3).
+
+    The same bytes always get the same tag, and different bytes never do, so
+    a tag stays valid across a re-download and is never weak.
+    """
+    digest = sha256_hex.lower()
+    if not _SHA256_HEX.fullmatch(digest):
+        raise ValueError(f"not a sha256 hex digest: {sha256_hex!r}")
+    return f'"{digest}"'
+
+
+def http_date(timestamp: float) -> str:
+    """``timestamp`` as an IMF-fixdate (RFC 9110 5.6.7), fractions of a second dropped."""
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def parse_http_date(value: str) -> float | None:
+    """The POSIX time an HTTP-date names, or None when it is not a date.
+
+    RFC 9110 5.6.7 has recipients accept IMF-fixdate and the obsolete RFC 850
+    and asctime forms; asctime carries no zone and means GMT.
+    """
+    try:
+        moment = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+

@@ -79,3 +79,62 @@ def test_every_sniffed_type_has_a_file_extension() -> None:
         "audio/ogg": "ogg",
         "audio/flac": "flac",
     }
+
+
+SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+def test_the_etag_is_the_whole_sha256_strong_and_quoted() -> None:
+    assert media.strong_etag(SHA) == f'"{SHA}"'
+    assert media.strong_etag(SHA.upper()) == f'"{SHA}"'
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        pytest.param("", id="empty"),
+        pytest.param(SHA[:63], id="too short"),
+        pytest.param(SHA[:63] + '"', id="a quote that would break the header"),
+        pytest.param(SHA[:62] + "\r\n", id="a line break that would split the header"),
+    ],
+)
+def test_an_etag_is_only_made_from_a_sha256_hex_digest(digest: str) -> None:
+    with pytest.raises(ValueError):
+        media.strong_etag(digest)
+
+
+# RFC 9110 5.6.7's example instant.
+EXAMPLE_TIME = 784111777.0
+
+
+@pytest.mark.parametrize(
+    "timestamp, expected",
+    [
+        pytest.param(EXAMPLE_TIME, "Sun, 06 Nov 1994 08:49:37 GMT", id="an IMF-fixdate in GMT"),
+        pytest.param(EXAMPLE_TIME + 0.9, "Sun, 06 Nov 1994 08:49:37 GMT", id="fractions of a second are dropped"),
+    ],
+)
+def test_http_date_is_an_imf_fixdate(timestamp: float, expected: str) -> None:
+    assert media.http_date(timestamp) == expected
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        pytest.param("Sun, 06 Nov 1994 08:49:37 GMT", EXAMPLE_TIME, id="IMF-fixdate"),
+        pytest.param("Sunday, 06-Nov-94 08:49:37 GMT", EXAMPLE_TIME, id="obsolete RFC 850 date"),
+        pytest.param("Sun Nov  6 08:49:37 1994", EXAMPLE_TIME, id="obsolete asctime date, which means GMT"),
+        pytest.param(" Sun, 06 Nov 1994 08:49:37 GMT ", EXAMPLE_TIME, id="surrounding whitespace is ignored"),
+        pytest.param("garbage", None, id="garbage is not a date"),
+        pytest.param("", None, id="empty is not a date"),
+        pytest.param("Sun, 32 Nov 1994 08:49:37 GMT", None, id="an impossible day is not a date"),
+        pytest.param("Sun, 06 Nov 1994 25:49:37 GMT", None, id="an impossible hour is not a date"),
+        pytest.param('"' + SHA + '"', None, id="an entity tag is not a date"),
+    ],
+)
+def test_parse_http_date(value: str, expected: float | None) -> None:
+    assert media.parse_http_date(value) == expected
+
+
+def test_http_date_and_parse_http_date_round_trip_whole_seconds() -> None:
+    assert media.parse_http_date(media.http_date(EXAMPLE_TIME + 0.5)) == EXAMPLE_TIME
