@@ -10,12 +10,16 @@ renders what it gets back.
   then fails the job with ``invalid_audio``).
 - ``strong_etag``, ``http_date``, ``parse_http_date``: the validators a file
   is sent with (RFC 9110 8.8) and the dates clients send back.
+- ``parse_range(value, size)``: what a ``Range`` header asks of a file of
+  ``size`` bytes, as one of ``WholeFile`` (200), ``ByteRange`` (206) or
+  ``Unsatisfiable`` (416).
 """
 
 from __future__ import annotations
 
 import email.utils
 import re
+from dataclasses import dataclass
 from datetime import timezone
 
 # Content type -> the extension a stored file gets (CONTRACT 5).
@@ -112,3 +116,94 @@ def parse_http_date(value: str) -> float | None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
 
+
+
+@dataclass(frozen=True)
+class WholeFile:
+    """Answer 200 with every byte: no Range, or one that is ignored."""
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """Answer 206 with bytes ``start`` to ``end``, both included (RFC 9110 14.1.2)."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start <= self.end:
+            raise ValueError(f"not a byte range: {self.start}-{self.end}")
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    def content_range(self, size: int) -> str:
+        """The 206 ``Content-Range`` value (RFC 9110 14.4)."""
+        if self.end >= size:
+            raise ValueError(f"range {self.start}-{self.end} is outside a file of {size} bytes")
+        return f"bytes {self.start}-{self.end}/{size}"
+
+
+@dataclass(frozen=True)
+class Unsatisfiable:
+    """Answer 416 with ``Content-Range: bytes */<size>`` (CONTRACT 5, RFC 9110 15.5.17)."""
+
+
+# RFC 9110 14.1.1: int-range = first-pos "-" [ last-pos ];
+# suffix-range = "-" suffix-length; every number is 1*DIGIT (ASCII only).
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)", re.ASCII)
+# Longer numbers than this are beyond any file; int() would refuse very long ones.
+_MAX_DIGITS = 30
+
+
+def parse_range(value: str | None, size: int) -> WholeFile | ByteRange | Unsatisfiable:
+    """What a ``Range`` header asks of a file of ``size`` bytes (CONTRACT 5, RFC 9110 14.2)."""
+    if size < 0:
+        raise ValueError(f"a file cannot have {size} bytes")
+    if value is None:
+        return WholeFile()
+    unit, equals, range_set = value.strip().partition("=")
+    # RFC 9110 14.2: a server MUST ignore a range unit it does not understand
+    # and MAY ignore an invalid ranges-specifier; ignoring means 200.
+    if not equals or unit.lower() != "bytes":
+        return WholeFile()
+    # RFC 9110 5.6.1: list elements are separated by OWS "," OWS, and empty
+    # elements are allowed and do not count.
+    specs = [spec.strip(" \t") for spec in range_set.split(",")]
+    specs = [spec for spec in specs if spec]
+    if len(specs) != 1:
+        # No range, or several: CONTRACT 5 answers several with the whole file.
+        return WholeFile()
+    match = _RANGE_SPEC.fullmatch(specs[0])
+    if match is None:
+        return WholeFile()
+    first, last = match.groups()
+    if first:
+        return _int_range(_number(first), _number(last) if last else None, size)
+    if last:
+        return _suffix_range(_number(last), size)
+    return WholeFile()  # a bare "-"
+
+
+def _number(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
+
+
+def _int_range(first: int, last: int | None, size: int) -> WholeFile | ByteRange | Unsatisfiable:
+    if last is not None and last < first:
+        return WholeFile()  # RFC 9110 14.1.1: invalid, so ignored
+    if first >= size:
+        return Unsatisfiable()  # RFC 9110 14.1.1: first-pos must be inside the file
+    # A missing or too large last-pos means "to the end" (RFC 9110 14.1.2).
+    end = size - 1 if last is None else min(last, size - 1)
+    return ByteRange(first, end)
+
+
+def _suffix_range(length: int, size: int) -> ByteRange | Unsatisfiable:
+    # RFC 9110 14.1.1: a suffix is satisfiable only if it is non-zero and the
+    # file is not empty; one longer than the file means the whole file.
+    if length == 0 or size == 0:
+        return Unsatisfiable()
+    return ByteRange(max(size - length, 0), size - 1)

@@ -138,3 +138,101 @@ def test_parse_http_date(value: str, expected: float | None) -> None:
 
 def test_http_date_and_parse_http_date_round_trip_whole_seconds() -> None:
     assert media.parse_http_date(media.http_date(EXAMPLE_TIME + 0.5)) == EXAMPLE_TIME
+
+
+SIZE = 1000
+R = media.ByteRange
+WHOLE = media.WholeFile()
+UNSATISFIABLE = media.Unsatisfiable()
+
+
+@pytest.mark.parametrize(
+    "header, size, expected",
+    [
+        pytest.param(None, SIZE, WHOLE, id="no Range: the whole file"),
+        # The three forms of one range (CONTRACT 5).
+        pytest.param("bytes=0-499", SIZE, R(0, 499), id="bytes=a-b: a to b"),
+        pytest.param("bytes=500-", SIZE, R(500, 999), id="bytes=a-: a to the end"),
+        pytest.param("bytes=-100", SIZE, R(900, 999), id="bytes=-n: the last n bytes"),
+        pytest.param("bytes=0-", SIZE, R(0, 999), id="bytes=0-: every byte, still a 206"),
+        # Edges.
+        pytest.param("bytes=0-0", SIZE, R(0, 0), id="bytes=0-0: the first byte"),
+        pytest.param("bytes=-1", SIZE, R(999, 999), id="bytes=-1: the last byte"),
+        pytest.param("bytes=999-", SIZE, R(999, 999), id="bytes=size-1-: the last byte"),
+        pytest.param("bytes=999-999", SIZE, R(999, 999), id="bytes=size-1-size-1: the last byte"),
+        pytest.param("bytes=-5000", SIZE, R(0, 999), id="a suffix longer than the file is the whole file as a range"),
+        pytest.param("bytes=-1000", SIZE, R(0, 999), id="a suffix as long as the file is the whole file as a range"),
+        pytest.param("bytes=500-5000", SIZE, R(500, 999), id="a last byte beyond the end is clamped to the end"),
+        pytest.param("bytes=0-" + "9" * 5000, SIZE, R(0, 999), id="an absurdly long last byte is clamped to the end"),
+        pytest.param("bytes=007-009", SIZE, R(7, 9), id="leading zeros are plain digits"),
+        # Unsatisfiable: 416.
+        pytest.param("bytes=1000-", SIZE, UNSATISFIABLE, id="a first byte equal to the size is unsatisfiable"),
+        pytest.param("bytes=1000-1001", SIZE, UNSATISFIABLE, id="a range starting at the size is unsatisfiable"),
+        pytest.param("bytes=5000-6000", SIZE, UNSATISFIABLE, id="a first byte beyond the end is unsatisfiable"),
+        pytest.param("bytes=" + "9" * 5000 + "-", SIZE, UNSATISFIABLE, id="an absurdly long first byte is unsatisfiable"),
+        pytest.param("bytes=-0", SIZE, UNSATISFIABLE, id="a zero-length suffix is unsatisfiable"),
+        pytest.param("bytes=0-", 0, UNSATISFIABLE, id="bytes=0- of an empty file is unsatisfiable"),
+        pytest.param("bytes=0-0", 0, UNSATISFIABLE, id="bytes=0-0 of an empty file is unsatisfiable"),
+        pytest.param("bytes=-10", 0, UNSATISFIABLE, id="a suffix of an empty file is unsatisfiable"),
+        # Several ranges: CONTRACT 5 answers 200 with the whole file.
+        pytest.param("bytes=0-1,5-6", SIZE, WHOLE, id="two ranges: the whole file"),
+        pytest.param("bytes=0-1, -1", SIZE, WHOLE, id="a range and a suffix: the whole file"),
+        pytest.param("bytes=0-1,0-1", SIZE, WHOLE, id="the same range twice: the whole file"),
+        pytest.param("bytes=0-1,5000-6000", SIZE, WHOLE, id="a satisfiable and an unsatisfiable range: the whole file"),
+        # Invalid headers are ignored (RFC 9110 14.2): the whole file.
+        pytest.param("items=0-1", SIZE, WHOLE, id="another unit is ignored"),
+        pytest.param("bytes=5-3", SIZE, WHOLE, id="a last byte before the first is ignored"),
+        pytest.param("bytes=abc", SIZE, WHOLE, id="non-digits are ignored"),
+        pytest.param("bytes=1a-2", SIZE, WHOLE, id="a number with a letter in it is ignored"),
+        pytest.param("bytes=+1-2", SIZE, WHOLE, id="a signed number is ignored"),
+        pytest.param("bytes=\u0661-\u0662", SIZE, WHOLE, id="non-ASCII digits are ignored"),
+        pytest.param("bytes=", SIZE, WHOLE, id="an empty range set is ignored"),
+        pytest.param("bytes=-", SIZE, WHOLE, id="a bare dash is ignored"),
+        pytest.param("bytes=1", SIZE, WHOLE, id="a number without a dash is ignored"),
+        pytest.param("bytes=1-2-3", SIZE, WHOLE, id="two dashes are ignored"),
+        pytest.param("bytes", SIZE, WHOLE, id="a unit without = is ignored"),
+        pytest.param("bytes 0-1", SIZE, WHOLE, id="a space instead of = is ignored"),
+        pytest.param("0-1", SIZE, WHOLE, id="a range without a unit is ignored"),
+        pytest.param("", SIZE, WHOLE, id="an empty header is ignored"),
+        pytest.param("bytes=0 - 1", SIZE, WHOLE, id="spaces inside a range are ignored"),
+        pytest.param("bytes = 0-1", SIZE, WHOLE, id="spaces around = are ignored"),
+        # What RFC 9110 allows around a list element, and the unit's case.
+        pytest.param("  bytes=0-1  ", SIZE, R(0, 1), id="whitespace around the value is allowed"),
+        pytest.param("bytes= 0-1", SIZE, R(0, 1), id="whitespace before a range is allowed"),
+        pytest.param("bytes=0-1\t", SIZE, R(0, 1), id="a tab after a range is allowed"),
+        pytest.param("bytes=0-1,", SIZE, R(0, 1), id="an empty list element does not count as a range"),
+        pytest.param("bytes=, ,0-1", SIZE, R(0, 1), id="empty list elements before a range do not count"),
+        pytest.param("Bytes=0-1", SIZE, R(0, 1), id="the unit is case-insensitive (Bytes)"),
+        pytest.param("BYTES=0-1", SIZE, R(0, 1), id="the unit is case-insensitive (BYTES)"),
+    ],
+)
+def test_parse_range(header: str | None, size: int, expected: object) -> None:
+    assert media.parse_range(header, size) == expected
+
+
+def test_a_byte_range_knows_its_length_and_content_range() -> None:
+    assert R(0, 0).length == 1
+    assert R(500, 999).length == 500
+    assert R(500, 999).content_range(1000) == "bytes 500-999/1000"
+
+
+@pytest.mark.parametrize(
+    "start, end",
+    [
+        pytest.param(-1, 5, id="a negative start"),
+        pytest.param(5, 4, id="an end before the start"),
+    ],
+)
+def test_a_byte_range_is_never_backwards_or_negative(start: int, end: int) -> None:
+    with pytest.raises(ValueError):
+        media.ByteRange(start, end)
+
+
+def test_a_content_range_never_reaches_past_the_file() -> None:
+    with pytest.raises(ValueError):
+        R(0, 1000).content_range(1000)
+
+
+def test_a_negative_size_is_a_caller_bug() -> None:
+    with pytest.raises(ValueError):
+        media.parse_range("bytes=0-1", -1)
