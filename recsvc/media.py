@@ -13,11 +13,15 @@ renders what it gets back.
 - ``parse_range(value, size)``: what a ``Range`` header asks of a file of
   ``size`` bytes, as one of ``WholeFile`` (200), ``ByteRange`` (206) or
   ``Unsatisfiable`` (416).
+- ``is_not_modified`` and ``range_applies``: the request's conditions
+  (``If-None-Match``, ``If-Modified-Since``, ``If-Range``) against the file's
+  validators (RFC 9110 13.1).
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 from dataclasses import dataclass
 from datetime import timezone
@@ -207,3 +211,90 @@ def _suffix_range(length: int, size: int) -> ByteRange | Unsatisfiable:
     if length == 0 or size == 0:
         return Unsatisfiable()
     return ByteRange(max(size - length, 0), size - 1)
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """The conditional request headers, as received; None when absent (RFC 9110 13.1)."""
+
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
+    if_range: str | None = None
+
+
+@dataclass(frozen=True)
+class _EntityTag:
+    weak: bool
+    opaque: str  # the quoted part, quotes included
+
+
+# RFC 9110 8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, where etagc is
+# any visible ASCII character but DQUOTE, or obs-text; "W/" is case-sensitive.
+_ENTITY_TAG = re.compile(r'(W/)?("[\x21\x23-\x7e\x80-\xff]*")')
+
+
+def _entity_tag(value: str) -> _EntityTag | None:
+    match = _ENTITY_TAG.fullmatch(value.strip(" \t"))
+    if match is None:
+        return None
+    return _EntityTag(weak=match.group(1) is not None, opaque=match.group(2))
+
+
+def _entity_tags(field: str) -> list[_EntityTag]:
+    # The tags of a comma-separated list; malformed elements match nothing.
+    # A tag may hold a comma, which this split breaks into malformed pieces:
+    # that costs only a missed 304, and the tags made here never hold one.
+    tags = (_entity_tag(element) for element in field.split(","))
+    return [tag for tag in tags if tag is not None]
+
+
+def _own_entity_tag(etag: str) -> _EntityTag:
+    tag = _entity_tag(etag)
+    if tag is None:
+        raise ValueError(f"not an entity tag: {etag!r}")
+    return tag
+
+
+def _whole_seconds(timestamp: float) -> int:
+    # Last-Modified carries whole seconds (http_date drops the fraction), so
+    # every comparison with a client's date is made on whole seconds too.
+    return math.floor(timestamp)
+
+
+def is_not_modified(cond: Conditions, etag: str, last_modified: float) -> bool:
+    """Whether a GET or HEAD is answered 304 (CONTRACT 5, RFC 9110 13.2.2 steps 3-4).
+
+    ``etag`` is the file's entity tag, ``last_modified`` its POSIX mtime.
+    """
+    if cond.if_none_match is not None:
+        # RFC 9110 13.1.2: "*" matches any current representation, and a
+        # cached file is one; otherwise the weak comparison, which ignores W/.
+        if cond.if_none_match.strip(" \t") == "*":
+            return True
+        own = _own_entity_tag(etag)
+        return any(tag.opaque == own.opaque for tag in _entity_tags(cond.if_none_match))
+    if cond.if_modified_since is not None:
+        # RFC 9110 13.1.3: considered only without If-None-Match, and ignored
+        # when it is not a valid date.
+        since = parse_http_date(cond.if_modified_since)
+        return since is not None and _whole_seconds(last_modified) <= since
+    return False
+
+
+def range_applies(cond: Conditions, etag: str, last_modified: float) -> bool:
+    """Whether the Range header is honoured, or the file goes out whole (CONTRACT 5, RFC 9110 13.1.5).
+
+    False means the client's copy is stale, so it gets the whole new file.
+    """
+    if cond.if_range is None:
+        return True
+    value = cond.if_range.strip(" \t")
+    # RFC 9110 13.1.5: a DQUOTE in the first three characters makes it an
+    # entity tag, compared strongly: a weak tag never matches.
+    if '"' in value[:3]:
+        tag = _entity_tag(value)
+        own = _own_entity_tag(etag)
+        return tag is not None and not tag.weak and not own.weak and tag.opaque == own.opaque
+    # Otherwise an HTTP-date, which must equal Last-Modified exactly.
+    since = parse_http_date(value)
+    return since is not None and since == _whole_seconds(last_modified)

@@ -236,3 +236,98 @@ def test_a_content_range_never_reaches_past_the_file() -> None:
 def test_a_negative_size_is_a_caller_bug() -> None:
     with pytest.raises(ValueError):
         media.parse_range("bytes=0-1", -1)
+
+
+ETAG = media.strong_etag(SHA)
+OTHER_ETAG = media.strong_etag("0" * 64)
+# The file was stored at EXAMPLE_TIME and a fraction; Last-Modified says 08:49:37.
+MTIME = EXAMPLE_TIME + 0.25
+LAST_MODIFIED = "Sun, 06 Nov 1994 08:49:37 GMT"
+SECOND_BEFORE = "Sun, 06 Nov 1994 08:49:36 GMT"
+SECOND_AFTER = "Sun, 06 Nov 1994 08:49:38 GMT"
+C = media.Conditions
+
+
+@pytest.mark.parametrize(
+    "cond, expected",
+    [
+        pytest.param(C(), False, id="no conditions: modified"),
+        # If-None-Match: weak comparison (RFC 9110 13.1.2).
+        pytest.param(C(if_none_match=ETAG), True, id="If-None-Match with the file's tag: not modified"),
+        pytest.param(C(if_none_match=OTHER_ETAG), False, id="If-None-Match with another tag: modified"),
+        pytest.param(C(if_none_match="*"), True, id="If-None-Match * : not modified"),
+        pytest.param(C(if_none_match=" * "), True, id="If-None-Match * with whitespace: not modified"),
+        pytest.param(C(if_none_match=f"{OTHER_ETAG}, {ETAG}"), True, id="If-None-Match list holding the tag: not modified"),
+        pytest.param(C(if_none_match=f"{OTHER_ETAG},{ETAG},"), True, id="If-None-Match list without spaces: not modified"),
+        pytest.param(C(if_none_match=f'{OTHER_ETAG}, "x"'), False, id="If-None-Match list without the tag: modified"),
+        pytest.param(C(if_none_match=f"W/{ETAG}"), True, id="If-None-Match weak form of the tag matches (weak comparison)"),
+        pytest.param(C(if_none_match=f'W/"x", W/{ETAG}'), True, id="If-None-Match list of weak tags holding it matches"),
+        pytest.param(C(if_none_match=f"w/{ETAG}"), False, id="If-None-Match lowercase w/ is malformed and matches nothing"),
+        pytest.param(C(if_none_match=SHA), False, id="If-None-Match unquoted tag is malformed and matches nothing"),
+        pytest.param(C(if_none_match=""), False, id="If-None-Match empty: modified"),
+        pytest.param(C(if_none_match="*, " + ETAG), True, id="If-None-Match * inside a list still finds the tag"),
+        # If-Modified-Since (RFC 9110 13.1.3), on whole seconds.
+        pytest.param(C(if_modified_since=SECOND_BEFORE), False, id="If-Modified-Since before Last-Modified: modified"),
+        pytest.param(C(if_modified_since=LAST_MODIFIED), True, id="If-Modified-Since equal to Last-Modified: not modified"),
+        pytest.param(C(if_modified_since=SECOND_AFTER), True, id="If-Modified-Since after Last-Modified: not modified"),
+        pytest.param(C(if_modified_since="Sunday, 06-Nov-94 08:49:37 GMT"), True, id="If-Modified-Since in RFC 850 form: not modified"),
+        pytest.param(C(if_modified_since="garbage"), False, id="If-Modified-Since garbage is ignored"),
+        pytest.param(C(if_modified_since=""), False, id="If-Modified-Since empty is ignored"),
+        # If-None-Match wins (RFC 9110 13.1.3: If-Modified-Since is then ignored).
+        pytest.param(
+            C(if_none_match=OTHER_ETAG, if_modified_since=SECOND_AFTER),
+            False,
+            id="If-None-Match not matching wins over a fresh If-Modified-Since",
+        ),
+        pytest.param(
+            C(if_none_match=ETAG, if_modified_since=SECOND_BEFORE),
+            True,
+            id="If-None-Match matching wins over a stale If-Modified-Since",
+        ),
+        pytest.param(
+            C(if_none_match="", if_modified_since=SECOND_AFTER),
+            False,
+            id="an empty If-None-Match still hides If-Modified-Since",
+        ),
+        pytest.param(C(if_range=ETAG), False, id="If-Range alone decides nothing about 304"),
+    ],
+)
+def test_is_not_modified(cond: media.Conditions, expected: bool) -> None:
+    assert media.is_not_modified(cond, ETAG, MTIME) is expected
+
+
+@pytest.mark.parametrize(
+    "cond, expected",
+    [
+        pytest.param(C(), True, id="no If-Range: the range applies"),
+        # An entity tag: strong comparison (RFC 9110 13.1.5).
+        pytest.param(C(if_range=ETAG), True, id="If-Range with the file's tag: the range applies"),
+        pytest.param(C(if_range=f" {ETAG} "), True, id="If-Range with the tag and whitespace: the range applies"),
+        pytest.param(C(if_range=OTHER_ETAG), False, id="If-Range with another tag: stale, whole file"),
+        pytest.param(C(if_range=f"W/{ETAG}"), False, id="If-Range with a weak tag never matches: whole file"),
+        pytest.param(C(if_range=f"{ETAG}, {OTHER_ETAG}"), False, id="If-Range with a list is malformed: whole file"),
+        pytest.param(C(if_range='"' + SHA), False, id="If-Range with an unterminated tag: whole file"),
+        # An HTTP-date: must equal Last-Modified (whole seconds).
+        pytest.param(C(if_range=LAST_MODIFIED), True, id="If-Range date equal to Last-Modified: the range applies"),
+        pytest.param(C(if_range="Sun Nov  6 08:49:37 1994"), True, id="If-Range same date in asctime form: the range applies"),
+        pytest.param(C(if_range=SECOND_BEFORE), False, id="If-Range date before Last-Modified: stale, whole file"),
+        pytest.param(C(if_range=SECOND_AFTER), False, id="If-Range date after Last-Modified: whole file"),
+        pytest.param(C(if_range="garbage"), False, id="If-Range neither tag nor date: whole file"),
+        pytest.param(C(if_range=""), False, id="If-Range empty: whole file"),
+        pytest.param(C(if_none_match=OTHER_ETAG, if_modified_since=SECOND_BEFORE), True, id="other conditions do not touch the range"),
+    ],
+)
+def test_range_applies(cond: media.Conditions, expected: bool) -> None:
+    assert media.range_applies(cond, ETAG, MTIME) is expected
+
+
+@pytest.mark.parametrize(
+    "check, cond",
+    [
+        pytest.param(media.is_not_modified, C(if_none_match='"x"'), id="If-None-Match"),
+        pytest.param(media.range_applies, C(if_range='"x"'), id="If-Range"),
+    ],
+)
+def test_the_files_own_etag_must_be_an_entity_tag(check, cond) -> None:
+    with pytest.raises(ValueError):
+        check(cond, SHA, MTIME)
