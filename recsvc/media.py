@@ -16,6 +16,9 @@ renders what it gets back.
 - ``is_not_modified`` and ``range_applies``: the request's conditions
   (``If-None-Match``, ``If-Modified-Since``, ``If-Range``) against the file's
   validators (RFC 9110 13.1).
+- ``plan_response(...)``: all of the above for one GET or HEAD, as a
+  ``FileAnswer``: the status, which file bytes to send, and the headers.
+  The HTTP layer renders it and decides nothing.
 """
 
 from __future__ import annotations
@@ -282,7 +285,7 @@ def is_not_modified(cond: Conditions, etag: str, last_modified: float) -> bool:
 
 
 def range_applies(cond: Conditions, etag: str, last_modified: float) -> bool:
-    """Whether the Range header is honoured, or the file goes out whole (CONTRACT 5, RFC 9110 13.1.5).
+    """Whether Range is honoured, or the file goes out whole (CONTRACT 5, RFC 9110 13.1.5).
 
     False means the client's copy is stale, so it gets the whole new file.
     """
@@ -298,3 +301,70 @@ def range_applies(cond: Conditions, etag: str, last_modified: float) -> bool:
     # Otherwise an HTTP-date, which must equal Last-Modified exactly.
     since = parse_http_date(value)
     return since is not None and since == _whole_seconds(last_modified)
+
+
+CACHE_CONTROL = "private, max-age=3600"  # CONTRACT 5
+
+
+@dataclass(frozen=True)
+class FileAnswer:
+    """How to answer one GET or HEAD for a cached file.
+
+    After the headers, send ``count`` bytes of the file from ``offset`` (0 for
+    HEAD, 304 and 416). A 416 has no file bytes; its body is the HTTP layer's
+    JSON error. ``Content-Length`` is in ``headers`` for 200 and 206 only.
+    """
+
+    status: int
+    offset: int
+    count: int
+    headers: tuple[tuple[str, str], ...]
+
+
+def plan_response(
+    method: str,
+    cond: Conditions,
+    range_header: str | None,
+    size: int,
+    etag: str,
+    last_modified: float,
+    *,
+    content_type: str | None = None,
+) -> FileAnswer:
+    """The answer to a GET or HEAD for a cached file of ``size`` bytes (CONTRACT 5).
+
+    ``etag`` comes from ``strong_etag``, ``last_modified`` is the file's POSIX
+    mtime and ``content_type``, when given, goes on the 200 and 206.
+    """
+    if method not in ("GET", "HEAD"):
+        # The router answers any other method first (CONTRACT 6).
+        raise ValueError(f"a file is only answered to GET or HEAD, not {method!r}")
+    send_body = method == "GET"
+    validators = (
+        ("ETag", etag),
+        ("Last-Modified", http_date(last_modified)),
+        ("Cache-Control", CACHE_CONTROL),
+        ("Accept-Ranges", "bytes"),
+    )
+    # RFC 9110 13.2.2: the conditionals come before Range, so 304 wins over it.
+    if is_not_modified(cond, etag, last_modified):
+        return FileAnswer(status=304, offset=0, count=0, headers=validators)
+    # RFC 9110 13.1.5: a stale If-Range means the whole file, not a part.
+    # HEAD plans the same as GET: CONTRACT 5 has it answer GET's headers.
+    wanted: WholeFile | ByteRange | Unsatisfiable = WholeFile()
+    if range_header is not None and range_applies(cond, etag, last_modified):
+        wanted = parse_range(range_header, size)
+    if isinstance(wanted, Unsatisfiable):
+        unsatisfied = (("Content-Range", f"bytes */{size}"),)
+        return FileAnswer(status=416, offset=0, count=0, headers=unsatisfied)
+    typed = (("Content-Type", content_type),) if content_type is not None else ()
+    if isinstance(wanted, ByteRange):
+        headers = typed + (
+            ("Content-Length", str(wanted.length)),
+            ("Content-Range", wanted.content_range(size)),
+        )
+        count = wanted.length if send_body else 0
+        return FileAnswer(status=206, offset=wanted.start, count=count, headers=headers + validators)
+    headers = typed + (("Content-Length", str(size)),)
+    count = size if send_body else 0
+    return FileAnswer(status=200, offset=0, count=count, headers=headers + validators)

@@ -331,3 +331,108 @@ def test_range_applies(cond: media.Conditions, expected: bool) -> None:
 def test_the_files_own_etag_must_be_an_entity_tag(check, cond) -> None:
     with pytest.raises(ValueError):
         check(cond, SHA, MTIME)
+
+
+def _validators(etag: str = ETAG) -> dict[str, str]:
+    return {
+        "ETag": etag,
+        "Last-Modified": LAST_MODIFIED,
+        "Cache-Control": "private, max-age=3600",
+        "Accept-Ranges": "bytes",
+    }
+
+
+# (status, offset, count, headers) for a 1000-byte audio/ogg file.
+WHOLE_ANSWER = (200, 0, SIZE, {"Content-Type": "audio/ogg", "Content-Length": "1000", **_validators()})
+FIRST_100 = (
+    206,
+    0,
+    100,
+    {"Content-Type": "audio/ogg", "Content-Length": "100", "Content-Range": "bytes 0-99/1000", **_validators()},
+)
+NOT_MODIFIED = (304, 0, 0, _validators())
+RANGE_NOT_SATISFIABLE = (416, 0, 0, {"Content-Range": "bytes */1000"})
+
+
+@pytest.mark.parametrize(
+    "cond, range_header, expected",
+    [
+        pytest.param(C(), None, WHOLE_ANSWER, id="a plain GET: 200 with every byte"),
+        pytest.param(C(), "bytes=0-99", FIRST_100, id="one range: 206 with Content-Range"),
+        pytest.param(
+            C(),
+            "bytes=-10",
+            (
+                206,
+                990,
+                10,
+                {
+                    "Content-Type": "audio/ogg",
+                    "Content-Length": "10",
+                    "Content-Range": "bytes 990-999/1000",
+                    **_validators(),
+                },
+            ),
+            id="a suffix range: 206 from the right offset",
+        ),
+        pytest.param(C(), "bytes=5000-", RANGE_NOT_SATISFIABLE, id="an unsatisfiable range: 416 with bytes */size"),
+        pytest.param(C(), "bytes=0-1,5-6", WHOLE_ANSWER, id="several ranges: 200 with the whole file"),
+        pytest.param(C(), "items=0-1", WHOLE_ANSWER, id="a malformed range: 200 with the whole file"),
+        pytest.param(C(if_none_match=ETAG), None, NOT_MODIFIED, id="If-None-Match matching: 304"),
+        pytest.param(C(if_none_match=ETAG), "bytes=0-99", NOT_MODIFIED, id="304 wins over a range"),
+        pytest.param(C(if_none_match=ETAG), "bytes=5000-", NOT_MODIFIED, id="304 wins over an unsatisfiable range"),
+        pytest.param(C(if_none_match=OTHER_ETAG), "bytes=0-99", FIRST_100, id="If-None-Match not matching: the range is served"),
+        pytest.param(C(if_modified_since=LAST_MODIFIED), None, NOT_MODIFIED, id="If-Modified-Since not older: 304"),
+        pytest.param(C(if_range=ETAG), "bytes=0-99", FIRST_100, id="If-Range current: 206"),
+        pytest.param(C(if_range=OTHER_ETAG), "bytes=0-99", WHOLE_ANSWER, id="If-Range stale: 200 with the whole file"),
+        pytest.param(C(if_range=OTHER_ETAG), "bytes=5000-", WHOLE_ANSWER, id="If-Range stale with an unsatisfiable range: 200"),
+        pytest.param(C(if_range=SECOND_BEFORE), "bytes=0-99", WHOLE_ANSWER, id="If-Range stale date: 200 with the whole file"),
+        pytest.param(C(if_range=OTHER_ETAG), None, WHOLE_ANSWER, id="If-Range without Range: 200"),
+    ],
+)
+def test_plan_response_for_get(
+    cond: media.Conditions, range_header: str | None, expected: tuple
+) -> None:
+    answer = media.plan_response(
+        "GET", cond, range_header, SIZE, ETAG, MTIME, content_type="audio/ogg"
+    )
+    assert (answer.status, answer.offset, answer.count, dict(answer.headers)) == expected
+    assert len(dict(answer.headers)) == len(answer.headers), "no header is sent twice"
+
+
+@pytest.mark.parametrize(
+    "cond, range_header",
+    [
+        pytest.param(C(), None, id="plain"),
+        pytest.param(C(), "bytes=0-99", id="one range"),
+        pytest.param(C(), "bytes=5000-", id="unsatisfiable range"),
+        pytest.param(C(if_none_match=ETAG), None, id="not modified"),
+        pytest.param(C(if_range=OTHER_ETAG), "bytes=0-99", id="stale If-Range"),
+    ],
+)
+def test_head_answers_exactly_the_headers_get_would_with_no_body(
+    cond: media.Conditions, range_header: str | None
+) -> None:
+    get = media.plan_response("GET", cond, range_header, SIZE, ETAG, MTIME, content_type="audio/ogg")
+    head = media.plan_response(
+        "HEAD", cond, range_header, SIZE, ETAG, MTIME, content_type="audio/ogg"
+    )
+    assert (head.status, head.headers, head.count) == (get.status, get.headers, 0)
+
+
+def test_without_a_content_type_the_caller_adds_its_own() -> None:
+    answer = media.plan_response("GET", C(), None, SIZE, ETAG, MTIME)
+    assert "Content-Type" not in dict(answer.headers)
+
+
+def test_an_empty_file_is_answered_whole_and_any_range_of_it_is_unsatisfiable() -> None:
+    whole = media.plan_response("GET", C(), None, 0, ETAG, MTIME)
+    ranged = media.plan_response("GET", C(), "bytes=0-", 0, ETAG, MTIME)
+    assert (whole.status, whole.count, dict(whole.headers)["Content-Length"]) == (200, 0, "0")
+    assert (ranged.status, dict(ranged.headers)) == (416, {"Content-Range": "bytes */0"})
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "get"])
+def test_only_get_and_head_are_planned(method: str) -> None:
+    with pytest.raises(ValueError):
+        media.plan_response(method, C(), None, SIZE, ETAG, MTIME)
