@@ -170,7 +170,7 @@ def parse_range(value: str | None, size: int) -> WholeFile | ByteRange | Unsatis
         raise ValueError(f"a file cannot have {size} bytes")
     if value is None:
         return WholeFile()
-    unit, equals, range_set = value.strip().partition("=")
+    unit, equals, range_set = value.strip(" \t").partition("=")
     # RFC 9110 14.2: a server MUST ignore a range unit it does not understand
     # and MAY ignore an invalid ranges-specifier; ignoring means 200.
     if not equals or unit.lower() != "bytes":
