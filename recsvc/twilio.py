@@ -1,11 +1,11 @@
-"""Twilio's side of a recording: webhook signatures.
+"""Twilio's side of a recording: webhook signatures and the recording status callback.
 
 Theory of operation. Twilio tells recsvc about a call's recording with a form
 POST (the recording status callback) and signs every such request with the
 ``X-Twilio-Signature`` header. Everything here is a pure function over plain
 strings: no sockets, no clock, no settings. The HTTP handler hands in the URL
 Twilio requested, the decoded form fields and the header; it gets back a yes
-or no.
+or no, a ``RecordingStatus``, or a ``ValueError`` in plain English.
 
 The signature, as Twilio documents it and as its helper libraries check it:
 
@@ -33,7 +33,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 DEFAULT_PORTS = {"https": "443", "http": "80"}
@@ -135,3 +137,65 @@ def validate_signature(
         expected = compute_signature(variant, params, auth_token).encode("ascii")
         matched |= hmac.compare_digest(expected, given)
     return matched
+
+
+@dataclass(frozen=True)
+class RecordingStatus:
+    """One recording status callback: which call, which recording, where, how far along.
+
+    ``status`` is Twilio's word as sent (``in-progress``, ``completed``,
+    ``absent``, ``failed``). The optional fields are None when Twilio sent
+    them empty or not at all: an ``absent`` or ``failed`` recording has no
+    file to fetch, so Twilio may leave out its URL.
+    """
+
+    account_sid: str
+    call_sid: str
+    recording_sid: str | None
+    recording_url: str | None
+    status: str | None
+    duration: int | None  # whole seconds
+
+
+_WHOLE_SECONDS = re.compile(r"-?[0-9]+")
+
+
+def _optional_field(params: Mapping[str, str], name: str) -> str | None:
+    value = params.get(name)
+    return value if value else None
+
+
+def _duration(params: Mapping[str, str]) -> int | None:
+    raw = _optional_field(params, "RecordingDuration")
+    if raw is None:
+        return None
+    if not _WHOLE_SECONDS.fullmatch(raw):
+        raise ValueError(
+            f"RecordingDuration must be a whole number of seconds, got {raw!r}"
+        )
+    seconds = int(raw)
+    # A negative count of seconds is no length at all (a placeholder such as -1): unknown.
+    return seconds if seconds >= 0 else None
+
+
+def parse_recording_status(params: Mapping[str, str]) -> RecordingStatus:
+    """The recording status callback's form fields as a ``RecordingStatus``.
+
+    Raises ValueError, naming the fields, when AccountSid or CallSid is
+    missing or empty: without them the callback cannot be tied to a call.
+    """
+    missing = [name for name in ("AccountSid", "CallSid") if not params.get(name)]
+    if missing:
+        raise ValueError(
+            "the recording status callback has no "
+            + " and no ".join(missing)
+            + "; cannot tell which call it is about"
+        )
+    return RecordingStatus(
+        account_sid=params["AccountSid"],
+        call_sid=params["CallSid"],
+        recording_sid=_optional_field(params, "RecordingSid"),
+        recording_url=_optional_field(params, "RecordingUrl"),
+        status=_optional_field(params, "RecordingStatus"),
+        duration=_duration(params),
+    )

@@ -1,4 +1,4 @@
-"""Twilio webhooks: a signature is checked exactly as Twilio makes it."""
+"""Twilio webhooks: a signature is checked exactly as Twilio makes it; callbacks parse."""
 
 import base64
 import hashlib
@@ -6,7 +6,13 @@ import hmac
 
 import pytest
 
-from recsvc.twilio import compute_signature, url_variants, validate_signature
+from recsvc.twilio import (
+    RecordingStatus,
+    compute_signature,
+    parse_recording_status,
+    url_variants,
+    validate_signature,
+)
 
 # Twilio's published example, with the signature Twilio gives for it. Sources:
 # - twilio/twilio-python, tests/unit/test_request_validator.py (ValidationTest.setUp
@@ -309,3 +315,124 @@ def test_a_missing_or_malformed_signature_is_rejected(signature):
 
 def test_a_signature_with_surrounding_whitespace_is_rejected():
     assert not validate_signature(CALLBACK_URL, CALLBACK_FIELDS, " " + _good_signature(), TOKEN)
+
+
+# --- the recording status callback -----------------------------------------------
+
+ACCOUNT_SID = "AC0123456789abcdef0123456789abcdef"
+CALL_SID = "CA0123456789abcdef0123456789abcdef"
+RECORDING_SID = "RE0123456789abcdef0123456789abcdef"
+RECORDING_URL = (
+    f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/{RECORDING_SID}"
+)
+
+COMPLETED_CALLBACK = {
+    "AccountSid": ACCOUNT_SID,
+    "CallSid": CALL_SID,
+    "RecordingSid": RECORDING_SID,
+    "RecordingUrl": RECORDING_URL,
+    "RecordingStatus": "completed",
+    "RecordingDuration": "42",
+    "RecordingChannels": "1",
+    "RecordingSource": "RecordVerb",
+    "RecordingStartTime": "Tue, 28 Nov 2026 23:16:31 +0000",
+}
+ABSENT_CALLBACK = {
+    "AccountSid": ACCOUNT_SID,
+    "CallSid": CALL_SID,
+    "RecordingSid": RECORDING_SID,
+    "RecordingUrl": "",
+    "RecordingStatus": "absent",
+    "RecordingDuration": "0",
+    "ErrorCode": "16101",
+}
+FAILED_CALLBACK = {
+    "AccountSid": ACCOUNT_SID,
+    "CallSid": CALL_SID,
+    "RecordingSid": RECORDING_SID,
+    "RecordingStatus": "failed",
+    "ErrorCode": "16103",
+}
+
+
+def test_a_completed_callback_gives_the_recording_url_and_duration():
+    assert parse_recording_status(COMPLETED_CALLBACK) == RecordingStatus(
+        account_sid=ACCOUNT_SID,
+        call_sid=CALL_SID,
+        recording_sid=RECORDING_SID,
+        recording_url=RECORDING_URL,
+        status="completed",
+        duration=42,
+    )
+
+
+def test_an_absent_callback_has_no_recording_url():
+    assert parse_recording_status(ABSENT_CALLBACK) == RecordingStatus(
+        account_sid=ACCOUNT_SID,
+        call_sid=CALL_SID,
+        recording_sid=RECORDING_SID,
+        recording_url=None,
+        status="absent",
+        duration=0,
+    )
+
+
+def test_a_failed_callback_without_url_or_duration_parses():
+    assert parse_recording_status(FAILED_CALLBACK) == RecordingStatus(
+        account_sid=ACCOUNT_SID,
+        call_sid=CALL_SID,
+        recording_sid=RECORDING_SID,
+        recording_url=None,
+        status="failed",
+        duration=None,
+    )
+
+
+def test_only_the_sids_are_required():
+    status = parse_recording_status({"AccountSid": ACCOUNT_SID, "CallSid": CALL_SID})
+    assert status == RecordingStatus(ACCOUNT_SID, CALL_SID, None, None, None, None)
+
+
+def test_a_recording_status_is_frozen():
+    status = parse_recording_status(COMPLETED_CALLBACK)
+    with pytest.raises(AttributeError):
+        status.call_sid = "CA-other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("drop", "blank", "message"),
+    [
+        pytest.param(("AccountSid",), (), "has no AccountSid;", id="no-account-sid"),
+        pytest.param(("CallSid",), (), "has no CallSid;", id="no-call-sid"),
+        pytest.param((), ("CallSid",), "has no CallSid;", id="empty-call-sid"),
+        pytest.param(
+            ("AccountSid", "CallSid"), (), "has no AccountSid and no CallSid;", id="neither"
+        ),
+    ],
+)
+def test_a_callback_without_its_sids_is_refused_in_plain_words(drop, blank, message):
+    fields = {k: v for k, v in COMPLETED_CALLBACK.items() if k not in drop}
+    fields.update({name: "" for name in blank})
+    with pytest.raises(ValueError, match=message):
+        parse_recording_status(fields)
+
+
+@pytest.mark.parametrize(
+    ("raw", "duration"),
+    [
+        pytest.param("42", 42, id="seconds"),
+        pytest.param("0", 0, id="zero"),
+        pytest.param("", None, id="empty"),
+        pytest.param("-1", None, id="negative-is-unknown"),
+    ],
+)
+def test_recording_duration(raw, duration):
+    fields = dict(COMPLETED_CALLBACK, RecordingDuration=raw)
+    assert parse_recording_status(fields).duration == duration
+
+
+@pytest.mark.parametrize("raw", ["4.2", "forty", " 42", "4_2", "\u0664\u0662"])
+def test_a_duration_that_is_not_whole_seconds_is_refused(raw):
+    fields = dict(COMPLETED_CALLBACK, RecordingDuration=raw)
+    with pytest.raises(ValueError, match="RecordingDuration must be a whole number of seconds"):
+        parse_recording_status(fields)
