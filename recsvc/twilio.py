@@ -47,15 +47,27 @@ def _field_pairs(params: FormFields | None) -> list[tuple[str, str]]:
     """The form fields as (name, value) pairs, in the order Twilio signs them."""
     if params is None:
         return []
-    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
-    for pair in pairs:
-        if len(pair) != 2 or not isinstance(pair[0], str) or not isinstance(pair[1], str):
+    items = params.items() if isinstance(params, Mapping) else params
+    pairs = []
+    for pair in items:
+        if not (
+            isinstance(pair, (tuple, list))
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and isinstance(pair[1], str)
+        ):
             raise TypeError(
                 f"form fields must be (name, value) pairs of strings, got {pair!r}; "
                 "pass repeated names as separate pairs, e.g. from urllib.parse.parse_qsl"
             )
+        pairs.append((pair[0], pair[1]))
     # Sorting the pairs orders by name, then a repeated name's values by value.
     return sorted(pairs)
+
+
+def _index_of_first(text: str, stops: str) -> int:
+    """Where the first of the characters ``stops`` is in ``text``; its length when none is."""
+    return min((i for i in map(text.find, stops) if i != -1), default=len(text))
 
 
 def _require_auth_token(auth_token: str) -> bytes:
@@ -92,7 +104,7 @@ def _split_authority(url: str) -> _Authority | None:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in DEFAULT_PORTS:
         return None
-    end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
+    end = _index_of_first(rest, "/?#")
     authority, tail = rest[:end], rest[end:]
     userinfo, at, hostport = authority.rpartition("@")
     if hostport.startswith("["):  # an IPv6 literal: the port follows the "]"

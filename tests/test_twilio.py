@@ -139,9 +139,23 @@ def test_unicode_is_encoded_as_utf8_before_hashing():
     ).decode()
 
 
-def test_a_value_that_is_not_a_string_is_refused():
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"Digits": ["1234", "5678"]}, id="list-value-as-from-parse_qs"),
+        pytest.param({"Digits": None}, id="none-value"),
+        pytest.param(["ab"], id="string-instead-of-pair"),
+        pytest.param([("Digits", "1", "2")], id="triple"),
+    ],
+)
+def test_fields_that_are_not_string_pairs_are_refused(fields):
     with pytest.raises(TypeError, match="parse_qsl"):
-        compute_signature(DOC_URL, {"Digits": ["1234", "5678"]}, TOKEN)
+        compute_signature(DOC_URL, fields, TOKEN)
+
+
+def test_lists_as_pairs_sign_like_tuples():
+    as_lists = [[name, value] for name, value in DOC_PARAMS.items()]
+    assert compute_signature(DOC_URL, as_lists, DOC_TOKEN) == DOC_SIGNATURE
 
 
 def test_an_empty_auth_token_is_refused():
