@@ -1,4 +1,4 @@
-"""Twilio's side of a recording: webhook signatures and the recording status callback.
+"""Twilio's side of a recording: webhook signatures, the status callback, media URLs.
 
 Theory of operation. Twilio tells recsvc about a call's recording with a form
 POST (the recording status callback) and signs every such request with the
@@ -34,11 +34,13 @@ import base64
 import hashlib
 import hmac
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 DEFAULT_PORTS = {"https": "443", "http": "80"}
+MEDIA_SUFFIXES = ("wav", "mp3")
 
 FormFields = Mapping[str, str] | Sequence[tuple[str, str]]
 
@@ -211,3 +213,26 @@ def parse_recording_status(params: Mapping[str, str]) -> RecordingStatus:
         status=_optional_field(params, "RecordingStatus"),
         duration=_duration(params),
     )
+
+
+def media_url(recording_url: str, suffix: str) -> str:
+    """Where Twilio serves a recording's audio as ``suffix`` (``wav`` or ``mp3``).
+
+    Twilio's RecordingUrl names the recording resource, with no extension;
+    the audio is at that URL plus ``.wav`` or ``.mp3``. A URL that already
+    ends in one of them keeps it, or has it swapped for the one asked for.
+    The extension goes on the path, before any query string.
+    """
+    if suffix not in MEDIA_SUFFIXES:
+        raise ValueError(f"a recording's media suffix is 'wav' or 'mp3', got {suffix!r}")
+    if not recording_url:
+        raise ValueError("the recording URL is empty; there is no media to fetch")
+    url_path = urllib.parse.urlsplit(recording_url).path
+    if not url_path.strip("/") or url_path.endswith("/"):
+        raise ValueError(f"the recording URL {recording_url!r} names no recording in its path")
+    end = _index_of_first(recording_url, "?#")
+    path, rest = recording_url[:end], recording_url[end:]
+    stem, dot, existing = path.rpartition(".")
+    if dot and "/" not in existing and existing.lower() in MEDIA_SUFFIXES:
+        path = stem
+    return path + "." + suffix + rest

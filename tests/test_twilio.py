@@ -1,4 +1,4 @@
-"""Twilio webhooks: a signature is checked exactly as Twilio makes it; callbacks parse."""
+"""Twilio: signatures checked exactly as Twilio makes them, callbacks parsed, media URLs built."""
 
 import base64
 import hashlib
@@ -9,6 +9,7 @@ import pytest
 from recsvc.twilio import (
     RecordingStatus,
     compute_signature,
+    media_url,
     parse_recording_status,
     url_variants,
     validate_signature,
@@ -450,3 +451,65 @@ def test_a_duration_that_is_not_whole_seconds_is_refused(raw):
     fields = dict(COMPLETED_CALLBACK, RecordingDuration=raw)
     with pytest.raises(ValueError, match="RecordingDuration must be a whole number of seconds"):
         parse_recording_status(fields)
+
+
+# --- media URLs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("recording_url", "suffix", "expected"),
+    [
+        pytest.param(RECORDING_URL, "wav", RECORDING_URL + ".wav", id="wav"),
+        pytest.param(RECORDING_URL, "mp3", RECORDING_URL + ".mp3", id="mp3"),
+        pytest.param(RECORDING_URL + ".wav", "wav", RECORDING_URL + ".wav", id="wav-not-doubled"),
+        pytest.param(RECORDING_URL + ".mp3", "mp3", RECORDING_URL + ".mp3", id="mp3-not-doubled"),
+        pytest.param(RECORDING_URL + ".wav", "mp3", RECORDING_URL + ".mp3", id="wav-to-mp3"),
+        pytest.param(RECORDING_URL + ".MP3", "wav", RECORDING_URL + ".wav", id="case-ignored"),
+        pytest.param(
+            RECORDING_URL + "?RequestedChannels=2",
+            "mp3",
+            RECORDING_URL + ".mp3?RequestedChannels=2",
+            id="suffix-goes-before-the-query",
+        ),
+        pytest.param(
+            RECORDING_URL + ".wav?RequestedChannels=2",
+            "wav",
+            RECORDING_URL + ".wav?RequestedChannels=2",
+            id="existing-suffix-before-the-query-kept",
+        ),
+        pytest.param(
+            "https://media.example.com/v1.2/RE123",
+            "wav",
+            "https://media.example.com/v1.2/RE123.wav",
+            id="a-dot-earlier-in-the-path-is-not-a-suffix",
+        ),
+        pytest.param(
+            "http://127.0.0.1:8099/rec/RE1.json",
+            "wav",
+            "http://127.0.0.1:8099/rec/RE1.json.wav",
+            id="only-audio-suffixes-are-replaced",
+        ),
+    ],
+)
+def test_media_url(recording_url, suffix, expected):
+    assert media_url(recording_url, suffix) == expected
+
+
+@pytest.mark.parametrize("suffix", ["ogg", ".wav", "WAV", ""])
+def test_media_url_refuses_other_suffixes(suffix):
+    with pytest.raises(ValueError, match="'wav' or 'mp3'"):
+        media_url(RECORDING_URL, suffix)
+
+
+@pytest.mark.parametrize(
+    ("recording_url", "message"),
+    [
+        pytest.param("", "recording URL is empty", id="empty"),
+        pytest.param("https://api.twilio.com", "names no recording", id="no-path"),
+        pytest.param("https://api.twilio.com/", "names no recording", id="root"),
+        pytest.param(RECORDING_URL + "/", "names no recording", id="trailing-slash"),
+    ],
+)
+def test_media_url_refuses_a_url_without_a_recording(recording_url, message):
+    with pytest.raises(ValueError, match=message):
+        media_url(recording_url, "wav")
