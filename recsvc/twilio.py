@@ -15,7 +15,8 @@ The signature, as Twilio documents it and as its helper libraries check it:
    ordered by name (code point order: Twilio's "Unix-style case-sensitive"
    sort). A name sent several times contributes each of its values, the
    values sorted too: twilio-python and twilio-node both sort them, so the
-   order the fields arrived in does not matter.
+   order the fields arrived in does not matter. The same value sent twice
+   counts twice, as in twilio-python (twilio-node drops the repeat).
 3. HMAC-SHA1 over the UTF-8 bytes of that string, keyed with the account's
    auth token; base64 of the digest is the signature.
 4. Compare with the header in constant time.
