@@ -91,6 +91,11 @@ class RecordingService:
         with self.store.reading() as tx:
             return tx.business_for_token(hash_token(token))
 
+    def businesses_with_call(self, call_sid: str) -> list[int]:
+        """The businesses that have a call of this sid: the candidates of a signed link."""
+        with self.store.reading() as tx:
+            return tx.businesses_with_call(call_sid)
+
     # ------------------------------------------------------------ play (CONTRACT 3)
 
     def _facts(self, tx: Tx, business_id: int, call_sid: str) -> tuple[PlayFacts, Recording | None, BinaryIO | None]:

@@ -51,6 +51,7 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL,
         PRIMARY KEY (business_id, call_sid)
     ) WITHOUT ROWID;
+    CREATE INDEX calls_by_sid ON calls (call_sid);
     CREATE TABLE jobs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         business_id INTEGER NOT NULL,
@@ -118,6 +119,7 @@ SQL = {
     # calls
     "get_call": "SELECT business_id, call_sid, recording_url, created_at FROM calls "
                 "WHERE business_id = ? AND call_sid = ?",
+    "businesses_with_call": "SELECT business_id FROM calls WHERE call_sid = ?",
     "insert_call": "INSERT INTO calls (business_id, call_sid, recording_url, created_at, updated_at) "
                    "VALUES (?, ?, ?, ?, ?)",
     "update_call_url": "UPDATE calls SET recording_url = ?, updated_at = ? WHERE business_id = ? AND call_sid = ?",
@@ -227,6 +229,9 @@ class Tx:
     def get_call(self, business_id: int, call_sid: str) -> Call | None:
         row = self._one("get_call", business_id, call_sid)
         return Call(*row) if row else None
+
+    def businesses_with_call(self, call_sid: str) -> list[int]:
+        return [row[0] for row in self._all("businesses_with_call", call_sid)]
 
     def insert_call(self, business_id: int, call_sid: str, url: str | None, now: float) -> None:
         self._run("insert_call", business_id, call_sid, url, now, now)

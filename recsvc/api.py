@@ -1,0 +1,304 @@
+"""The HTTP surface of CONTRACT 3, 5 and 6: requests in, decisions out, rendered as responses.
+
+Theory of operation. ``Api`` is the application callable the transport
+(``httpcore``) calls once per request. It routes (``routes.match``),
+authenticates, calls the service, and renders the outcome; it never decides
+a status itself. Every error is an ``ApiError`` that knows its status and
+machine code, and one choke point in ``__call__`` turns anything unexpected
+into a JSON 500 with one log line, never a traceback to the client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import urllib.parse
+
+from .clock import Clock, iso_utc, wait_seconds
+from .decision import (
+    CallNotFound, NoLiveWorker, NoRecordingUrl, RecordingNotFoundUpstream, RetryRefused, ServeFile,
+    WORKER_NOT_PROCESSING_QUEUE,
+)
+from .httpcore import FileBody, Request, Response, json_error
+from .links import LinkSigner
+from .media import Conditions, plan_response, strong_etag
+from .metrics import Metrics
+from .routes import Matched, MethodNotAllowed, match
+from .service import PlayResult, RecordingService, retry_after_for, valid_call_sid
+from .settings import Settings
+from .store import StoreBusy
+from .upstream import UrlNotAllowed
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+class ApiError(Exception):
+    """An answer that is an error: status, machine code, English message (CONTRACT 3)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: tuple = (), **extra):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers, self.extra = status, code, message, headers, extra
+
+    def response(self) -> Response:
+        return json_error(self.status, self.code, self.message, self.headers, **self.extra)
+
+
+UNAUTHORIZED = ApiError(401, "unauthorized", "Missing or invalid credentials.",
+                        (("WWW-Authenticate", "Bearer"),))
+
+
+def json_response(status: int, payload: dict, headers: tuple = ()) -> Response:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(status, [("Content-Type", JSON), *headers], body)
+
+
+def bearer_token(request: Request) -> str | None:
+    value = request.header("authorization")
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def read_json_object(request: Request) -> dict:
+    try:
+        payload = json.loads(request.body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "invalid_json", "The request body must be a JSON object.") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    return payload
+
+
+class Api:
+    """The application: ``api(request) -> response``."""
+
+    def __init__(self, settings: Settings, service: RecordingService, signer: LinkSigner, metrics: Metrics,
+                 clock: Clock):
+        self.settings = settings
+        self.service = service
+        self.signer = signer
+        self.metrics = metrics
+        self.clock = clock
+        self._admin_token = settings.admin_token.encode() if settings.admin_token else None
+
+    # ------------------------------------------------------------ choke point
+
+    def __call__(self, request: Request) -> Response:
+        started = time.perf_counter()
+        route_name = "unknown"
+        try:
+            found = match(request.method, request.path)
+            if request.path.startswith("/admin/") or request.path == "/admin":
+                if self._admin_token is None:  # CONTRACT 6: no admin token, no admin surface
+                    raise ApiError(404, "not_found", "No such resource.")
+            if isinstance(found, MethodNotAllowed):
+                route_name = found.route.name
+                raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here.",
+                               (("Allow", found.route.allow),))
+            if not isinstance(found, Matched):
+                raise ApiError(404, "not_found", "No such resource.")
+            route_name = found.route.name
+            response = getattr(self, found.handler)(request, **found.params)
+        except ApiError as exc:
+            response = exc.response()
+        except StoreBusy:
+            response = json_error(503, "storage_busy", "The database is busy; try again.", (("Retry-After", "1"),))
+        except Exception:
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            response = json_error(500, "internal_error", "Internal server error.")
+        self.metrics.observe_request(route_name, request.method, response.status, time.perf_counter() - started)
+        return response
+
+    # ------------------------------------------------------------ credentials
+
+    def _business(self, request: Request) -> int:
+        business_id = self.service.authenticate(bearer_token(request))
+        if business_id is None:
+            raise UNAUTHORIZED                                          # CONTRACT 3 row 1
+        return business_id
+
+    def _admin(self, request: Request) -> None:
+        given = (bearer_token(request) or "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, self._admin_token):
+            raise UNAUTHORIZED
+
+    @staticmethod
+    def _call_sid(raw: str) -> str:
+        if not valid_call_sid(raw):
+            raise ApiError(400, "invalid_call_sid",                     # CONTRACT 3 row 2
+                           "call_sid must be 1 to 64 letters, digits, '_' or '-'.")
+        return raw
+
+    # ------------------------------------------------------------ CONTRACT 3: playing a recording
+
+    def play(self, request: Request, call_sid: str) -> Response:
+        if request.query and bearer_token(request) is None:
+            business_id = self._link_business(request, call_sid)
+        else:
+            business_id = self._business(request)
+        self._call_sid(call_sid)
+        result = self.service.play(business_id, call_sid)
+        return self.render_play(request, result)
+
+    def _link_business(self, request: Request, call_sid: str) -> int:
+        if not valid_call_sid(call_sid):
+            raise UNAUTHORIZED
+        candidates = self.service.businesses_with_call(call_sid)
+        business_id = self.signer.verify(request.query, call_sid, self.clock(), candidates)
+        if business_id is None:
+            raise UNAUTHORIZED
+        return business_id
+
+    def render_play(self, request: Request, result: PlayResult) -> Response:
+        outcome = result.outcome
+        s = self.settings
+        if isinstance(outcome, ServeFile):
+            return self._send_file(request, result)
+        if isinstance(outcome, CallNotFound):
+            raise ApiError(404, "call_not_found", "No such call.")
+        if isinstance(outcome, NoRecordingUrl):
+            raise ApiError(404, "no_recording_url", "This call has no recording.")
+        if isinstance(outcome, RecordingNotFoundUpstream):
+            raise ApiError(404, "recording_not_found_upstream", "The upstream says this recording does not exist.")
+        if isinstance(outcome, NoLiveWorker):
+            seconds = wait_seconds(s.liveness_window)
+            raise ApiError(500, WORKER_NOT_PROCESSING_QUEUE, "No worker is processing the recording queue.",
+                           (("Retry-After", str(seconds)),), reason="no live worker", retry_after=seconds)
+        if isinstance(outcome, RetryRefused):
+            message = ("No worker is processing the recording queue." if outcome.error == WORKER_NOT_PROCESSING_QUEUE
+                       else "The recording could not be downloaded.")
+            raise ApiError(500, outcome.error, message, (("Retry-After", str(outcome.retry_after)),),
+                           reason="retry limit reached", attempts=outcome.attempts,
+                           max_attempts=s.max_retry_attempts, retry_window_seconds=wait_seconds(s.retry_window),
+                           retry_after=outcome.retry_after)
+        return self._processing(result)
+
+    def _processing(self, result: PlayResult) -> Response:
+        retry_after = retry_after_for(result, self.settings)
+        job = result.job
+        body = {
+            "status": "processing",
+            "job_id": job.id,
+            "job_status": job.status,
+            "attempt": result.attempt,
+            "max_attempts": self.settings.max_retry_attempts,
+            "retry_after": retry_after,
+            "message": f"The recording is being prepared; ask again in {retry_after} seconds.",
+        }
+        return json_response(202, body, (("Retry-After", str(retry_after)),))
+
+    def _send_file(self, request: Request, result: PlayResult) -> Response:
+        recording, handle = result.recording, result.file
+        mtime = recording.stored_at
+        conditions = Conditions(if_none_match=request.header("if-none-match"),
+                                if_modified_since=request.header("if-modified-since"),
+                                if_range=request.header("if-range"))
+        plan = plan_response(request.method, conditions, request.header("range"), recording.size,
+                             strong_etag(recording.sha256), mtime, content_type=recording.content_type)
+        if plan.status == 416:
+            handle.close()
+            raise ApiError(416, "range_not_satisfiable", "The requested range is outside the recording.",
+                           plan.headers)
+        if plan.count == 0:
+            handle.close()
+            return Response(plan.status, list(plan.headers), b"")
+        return Response(plan.status, list(plan.headers), FileBody(handle, plan.offset, plan.count))
+
+    # ------------------------------------------------------------ CONTRACT 6: calls and links
+
+    def put_call(self, request: Request, call_sid: str) -> Response:
+        business_id = self._business(request)
+        self._call_sid(call_sid)
+        payload = read_json_object(request)
+        if "recording_url" not in payload:
+            raise ApiError(400, "invalid_body", "The body must have a recording_url (a string or null).")
+        url = payload["recording_url"]
+        if url is not None and (not isinstance(url, str) or len(url) > 2048):
+            raise ApiError(400, "invalid_body", "recording_url must be a string of at most 2048 characters, or null.")
+        if url == "":
+            url = None
+        try:
+            created, view = self.service.put_call(business_id, call_sid, url)
+        except UrlNotAllowed as exc:
+            raise ApiError(422, "recording_url_not_allowed", f"{exc}.") from None
+        return json_response(201 if created else 200, view)
+
+    def get_call(self, request: Request, call_sid: str) -> Response:
+        business_id = self._business(request)
+        self._call_sid(call_sid)
+        view = self.service.get_call(business_id, call_sid)
+        if view is None:
+            raise ApiError(404, "call_not_found", "No such call.")
+        return json_response(200, view)
+
+    def create_link(self, request: Request, call_sid: str) -> Response:
+        business_id = self._business(request)
+        self._call_sid(call_sid)
+        if self.service.get_call(business_id, call_sid) is None:
+            raise ApiError(404, "call_not_found", "No such call.")
+        url, expires = self.signer.link(business_id, call_sid, self.clock())
+        return json_response(200, {"url": url, "expires_at": iso_utc(expires)})
+
+    # ------------------------------------------------------------ CONTRACT 6: admin
+
+    def create_business(self, request: Request) -> Response:
+        self._admin(request)
+        payload = read_json_object(request)
+        name = payload.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise ApiError(400, "invalid_body", "name must be a non-empty string of at most 200 characters.")
+        business_id, token = self.service.create_business(name.strip())
+        return json_response(201, {"id": business_id, "name": name.strip(), "token": token})
+
+    def pause_workers(self, request: Request) -> Response:
+        self._admin(request)
+        return json_response(200, {"paused": self.service.set_paused(True)})
+
+    def resume_workers(self, request: Request) -> Response:
+        self._admin(request)
+        return json_response(200, {"paused": self.service.set_paused(False)})
+
+    def cleanup(self, request: Request) -> Response:
+        self._admin(request)
+        return json_response(200, {"marked_failed": self.service.cleanup()})
+
+    def list_jobs(self, request: Request) -> Response:
+        self._admin(request)
+        query = urllib.parse.parse_qs(request.query, max_num_fields=10)
+        call_sid = query.get("call_sid", [None])[0]
+        business = query.get("business_id", [None])[0]
+        if call_sid is not None and not valid_call_sid(call_sid):
+            raise ApiError(400, "invalid_call_sid", "call_sid must be 1 to 64 letters, digits, '_' or '-'.")
+        if business is not None and not business.isdigit():
+            raise ApiError(400, "invalid_business_id", "business_id must be a whole number.")
+        return json_response(200, {"jobs": self.service.jobs(call_sid, int(business) if business else None)})
+
+    def retry_counter(self, request: Request, business_id: str, call_sid: str) -> Response:
+        self._admin(request)
+        if not business_id.isdigit():
+            raise ApiError(400, "invalid_business_id", "business_id must be a whole number.")
+        self._call_sid(call_sid)
+        return json_response(200, self.service.retry_counter(int(business_id), call_sid))
+
+    # ------------------------------------------------------------ open
+
+    def healthz(self, request: Request) -> Response:
+        return json_response(200, {"status": "ok"})
+
+    def readyz(self, request: Request) -> Response:
+        reason = self.service.readiness()
+        if reason is None:
+            return json_response(200, {"status": "ready"})
+        return json_response(503, {"status": "not_ready", "reason": reason})
+
+    def metrics_page(self, request: Request) -> Response:
+        text = self.metrics.render(self.service.gauges())
+        return Response(200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], text.encode())
+

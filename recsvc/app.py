@@ -1,0 +1,117 @@
+"""Wiring: one recsvc process built from Settings — store, counter, workers, sweeper, HTTP.
+
+``App(settings)`` builds every part; ``start(http=True)`` recovers orphans
+(CONTRACT 4), starts the download workers (unless ``--workers 0``), the
+sweeper and the HTTP server; ``stop()`` undoes it in reverse. ``serve`` is
+``App.start(http=True)``; ``worker`` is ``App.start(http=False)``: the same
+workers, pause flag and heartbeat table, no HTTP and no sweeper.
+
+Tests build an App in-process with a fake ``clock`` and step it by hand
+(``app.pool.heartbeat()``, ``app.service.cleanup()``), talking to it through
+real sockets on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from .api import Api
+from .clock import Clock, system_clock
+from .counter import RetryCounter, open_counter
+from .files import RecordingFiles
+from .httpcore import HTTPServer
+from .links import LinkSigner, load_secret
+from .metrics import Metrics
+from .service import RecordingService
+from .settings import Settings
+from .store import Store
+from .upstream import Downloader
+from .worker import WorkerPool, recover_orphans
+
+log = logging.getLogger(__name__)
+
+DATABASE_FILE = "recsvc.sqlite3"
+
+
+class App:
+    def __init__(self, settings: Settings, *, clock: Clock = system_clock, counter: RetryCounter | None = None,
+                 downloader: Downloader | None = None, environ: dict | None = None):
+        self.settings = settings
+        self.clock = clock
+        os.makedirs(settings.data_dir, exist_ok=True)
+        self.store = Store(os.path.join(settings.data_dir, DATABASE_FILE))
+        self.files = RecordingFiles(settings.data_dir)
+        self.metrics = Metrics()
+        self.counter = counter if counter is not None else open_counter(settings.counter, clock)
+        self.downloader = downloader if downloader is not None else Downloader(settings)
+        self.pool: WorkerPool | None = None
+        if settings.workers > 0:
+            self.pool = WorkerPool(self.store, self.files, self.downloader, threads=settings.workers,
+                                   heartbeat_interval=settings.heartbeat_interval, clock=clock,
+                                   metrics=self.metrics)
+        self.service = RecordingService(settings, self.store, self.files, self.counter, clock, self.metrics,
+                                        on_job_queued=self.pool.wake if self.pool else (lambda: None))
+        self.signer = LinkSigner(load_secret(settings.data_dir, environ))
+        self.api = Api(settings, self.service, self.signer, self.metrics, clock)
+        self.http: HTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    # ---- lifecycle
+
+    def start(self, http: bool = True) -> "App":
+        worker_id = self.pool.worker_id if self.pool else None
+        replaced = recover_orphans(self.store, self.files, self.clock, worker_id)
+        if replaced:
+            log.warning("%d orphaned job(s) failed and replaced", replaced)
+        if self.pool is not None:
+            self.pool.start()
+        if http:
+            self._spawn("sweeper", self._sweep_loop)
+            self.http = HTTPServer((self.settings.host, self.settings.port), self.api,
+                                   idle_timeout=self.settings.idle_timeout,
+                                   max_connections=self.settings.max_connections)
+            self._spawn("http", self.http.serve_forever)
+        return self
+
+    def _spawn(self, name: str, target) -> None:
+        thread = threading.Thread(target=target, name=f"recsvc-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.http.server_address[:2]
+        return host, port
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.address
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+    def stop(self, grace: float | None = None) -> bool:
+        """Stop accepting, let in-flight downloads finish within ``grace``; True when they did."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        self._stopping.set()
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+        finished = self.pool.stop(grace) if self.pool is not None else True
+        for thread in self._threads:
+            thread.join(1.0)
+        self.counter.close()
+        self.store.close()
+        return finished
+
+    # ---- the sweeper (CONTRACT 4)
+
+    def _sweep_loop(self) -> None:
+        while not self._stopping.wait(self.settings.sweep_interval):
+            try:
+                self.service.cleanup()
+            except Exception:
+                log.exception("sweeper pass failed")
