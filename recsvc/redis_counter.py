@@ -107,9 +107,8 @@ def parse_redis_url(url: str) -> RedisAddress:
         raise bad("the database must be a number, as in /0")
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
-    if "@" in parts.netloc:
-        if not password:
-            raise bad("a user part needs a non-empty password, as in redis://:password@host")
+    if "@" in parts.netloc and not password:
+        raise bad("a user part needs a non-empty password, as in redis://:password@host")
     return RedisAddress(parts.hostname, port, db, username, password)
 
 
