@@ -145,7 +145,16 @@ class MemoryCounter:
 
 
 def open_counter(url: str, clock: Callable[[], float] = time.time) -> RetryCounter:
-    """Build the counter named by ``--counter`` (validated by settings)."""
+    """Build the counter named by ``--counter`` (validated by settings).
+
+    ``redis://[:password@]host:port/db`` gives a RedisCounter; it connects on
+    first use, and keeps time by the server's clock, not ``clock``. A bad
+    redis:// URL raises ValueError saying what is wrong.
+    """
     if url == "memory://":
         return MemoryCounter(clock)
+    if url.startswith("redis://"):
+        from recsvc.redis_counter import RedisCounter  # imported here: it imports CounterError from this module
+
+        return RedisCounter(url)
     raise ValueError(f"unsupported counter URL {url!r}")
