@@ -125,7 +125,9 @@ def _counter_url(text: str) -> str:
     if text == "memory://":
         return text
     if text.startswith("redis://"):
-        raise ValueError("redis:// is not supported by this build; use memory://")
+        from .redis_counter import parse_redis_url
+        parse_redis_url(text)  # raises ValueError with a reason that never repeats a password
+        return text
     raise ValueError("must be memory:// or redis://host:port/db")
 
 
@@ -168,6 +170,10 @@ SETTINGS: tuple[SettingRow, ...] = (
 )
 
 
+# Values never echoed in an error message.
+SECRET_SETTINGS = frozenset({"admin_token"})
+
+
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """Add one string flag per row; values are parsed later, all in one place."""
     for row in SETTINGS:
@@ -188,16 +194,15 @@ def load_settings(flags: Mapping[str, str | None] | argparse.Namespace,
     values: dict[str, object] = {}
     for row in SETTINGS:
         text = flags.get(row.name)
-        source = row.flag
-        if text is None:
+        if text is None:  # a flag beats its variable; errors name the flag either way (CONTRACT 2)
             text = environ.get(row.env)
-            source = row.flag  # the contract names the flag even when the variable was wrong
         if text is None:
             continue
         try:
             values[row.name] = row.parse(text)
         except ValueError as exc:
-            raise SettingsError(f"{source} {exc}, got {text!r}") from None
+            shown = "(hidden)" if row.name in SECRET_SETTINGS or "@" in text else repr(text)
+            raise SettingsError(f"{row.flag} {exc}, got {shown}") from None
     values.update(overrides)
     known = {f.name for f in fields(Settings)}
     unknown = set(values) - known

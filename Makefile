@@ -1,0 +1,32 @@
+# recsvc: `make demo` runs the service with sample data; `make test` runs the tests.
+# Both set up what they need on a fresh machine (a .venv with pytest for the tests).
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: test demo serve worker bench pyz clean
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.pytest-installed: | $(VPY)
+	$(VPY) -m pip install --quiet --disable-pip-version-check "pytest>=7"
+	touch $@
+
+test: $(VENV)/.pytest-installed
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+demo:
+	$(PYTHON) -m recsvc demo
+
+serve:
+	$(PYTHON) -m recsvc serve
+
+worker:
+	$(PYTHON) -m recsvc worker
+
+clean:
+	rm -rf $(VENV) dist build recsvc-data demo-data .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,188 @@
+"""Shared fixtures: a fake clock, a fake upstream, and recsvc running in-process on 127.0.0.1.
+
+``Harness`` talks to a real App through real sockets (http.client) and
+exposes the App for stepping time-based rules by hand: advance the fake
+clock, beat the heartbeat, run the sweeper. Nothing here sleeps to make a
+job stuck.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from recsvc.app import App
+from recsvc.fake_upstream import FakeUpstream
+from recsvc.settings import Settings, load_settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+class FakeClock:
+    """A clock that moves only when told; thread-safe."""
+
+    def __init__(self, start: float = 1_800_000_000.0):
+        self._now = start
+        self._lock = threading.Lock()  # guards _now
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+def request(base_url: str, method: str, path: str, *, token: str | None = None, body=None,
+            headers: dict | None = None, timeout: float = 30) -> Answer:
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            all_headers.setdefault("Content-Type", "application/json")
+        conn.request(method, path, body=data, headers=all_headers)
+        resp = conn.getresponse()
+        return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+class Harness:
+    """One recsvc App on 127.0.0.1 with a fake clock, plus helpers in the contract's words."""
+
+    def __init__(self, app: App, clock: FakeClock, upstream: FakeUpstream):
+        self.app = app
+        self.clock = clock
+        self.upstream = upstream
+        self.base_url = app.base_url
+        self.settings: Settings = app.settings
+
+    def request(self, method: str, path: str, **kwargs) -> Answer:
+        return request(self.base_url, method, path, **kwargs)
+
+    def admin(self, method: str, path: str, body=None) -> Answer:
+        return self.request(method, path, token=ADMIN_TOKEN, body=body)
+
+    def business(self, name: str = "acme") -> str:
+        answer = self.admin("POST", "/admin/businesses", {"name": name})
+        assert answer.status == 201, answer.body
+        return answer.json["token"]
+
+    def put_call(self, token: str, call_sid: str, url: str | None) -> Answer:
+        return self.request("PUT", f"/api/calls/{call_sid}", token=token, body={"recording_url": url})
+
+    def play(self, token: str | None, call_sid: str, **kwargs) -> Answer:
+        return self.request("GET", f"/api/recordings/file/{call_sid}", token=token, **kwargs)
+
+    def jobs(self, call_sid: str) -> list[dict]:
+        return self.admin("GET", f"/admin/jobs?call_sid={call_sid}").json["jobs"]
+
+    def wait_for_job(self, call_sid: str, statuses=("completed", "failed"), timeout: float = 10) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs = self.jobs(call_sid)
+            if jobs and jobs[0]["status"] in statuses:
+                return jobs[0]
+            time.sleep(0.02)
+        raise AssertionError(f"job of {call_sid} never reached {statuses}: {self.jobs(call_sid)}")
+
+    def advance(self, seconds: float) -> None:
+        """Move the fake clock and let the worker pool beat at the new time, as it would."""
+        self.clock.advance(seconds)
+        if self.app.pool is not None:
+            self.app.pool.heartbeat()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def upstream():
+    with FakeUpstream() as server:
+        yield server
+
+
+def make_settings(data_dir, **overrides) -> Settings:
+    base = dict(port=0, data_dir=str(data_dir), admin_token=ADMIN_TOKEN, allow_upstream=("loopback",),
+                download_timeout=2.0)
+    base.update(overrides)
+    return load_settings({}, {}, **base)
+
+
+@pytest.fixture
+def make_harness(tmp_path, clock, upstream):
+    """Build and start recsvc in-process: ``make_harness(workers=0, job_timeout=...)``."""
+    started: list[App] = []
+
+    def build(**overrides) -> Harness:
+        settings = make_settings(tmp_path / "data", **overrides)
+        app = App(settings, clock=clock).start()
+        started.append(app)
+        return Harness(app, clock, upstream)
+
+    yield build
+    for app in started:
+        app.stop(grace=0.5)
+
+
+@pytest.fixture
+def svc(make_harness) -> Harness:
+    return make_harness()
+
+
+def spawn_recsvc(command: str, data_dir, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """Start ``python -m recsvc COMMAND`` as a real process on 127.0.0.1."""
+    full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "recsvc", command, "--data-dir", str(data_dir), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=ROOT)
+
+
+def wait_listening(proc: subprocess.Popen, timeout: float = 10) -> str:
+    """Read stderr until the contract's listening line; return the base URL."""
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline().decode(errors="replace")
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("recsvc listening on "):
+            threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
+            return line.strip().removeprefix("recsvc listening on ")
+    raise AssertionError("recsvc did not start listening:\n" + "".join(lines))
+
+
+def _drain(stream) -> None:
+    for _ in iter(stream.readline, b""):
+        pass
