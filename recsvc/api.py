@@ -25,7 +25,8 @@ from .httpcore import FileBody, Request, Response, json_error
 from .links import LinkSigner
 from .media import Conditions, plan_response, strong_etag
 from .metrics import Metrics
-from .routes import Matched, MethodNotAllowed, match
+from .routes import ROUTES, Matched, MethodNotAllowed, Route, match
+from .static_files import PAGES, StaticFiles
 from .service import PlayResult, RecordingService, retry_after_for, valid_call_sid
 from .settings import Settings
 from .store import StoreBusy
@@ -87,6 +88,12 @@ class Api:
         self.metrics = metrics
         self.clock = clock
         self._admin_token = settings.admin_token.encode() if settings.admin_token else None
+        self.routes: tuple[Route, ...] = ROUTES
+        self.static = StaticFiles()
+
+    def mount(self, route: Route) -> None:
+        """Add a route whose handlers are callables (the demo's drills use this)."""
+        self.routes = self.routes + (route,)
 
     # ------------------------------------------------------------ choke point
 
@@ -94,7 +101,7 @@ class Api:
         started = time.perf_counter()
         route_name = "unknown"
         try:
-            found = match(request.method, request.path)
+            found = match(request.method, request.path, self.routes)
             if request.path.startswith("/admin/") or request.path == "/admin":
                 if self._admin_token is None:  # CONTRACT 6: no admin token, no admin surface
                     raise ApiError(404, "not_found", "No such resource.")
@@ -105,7 +112,8 @@ class Api:
             if not isinstance(found, Matched):
                 raise ApiError(404, "not_found", "No such resource.")
             route_name = found.route.name
-            response = getattr(self, found.handler)(request, **found.params)
+            handler = found.handler if callable(found.handler) else getattr(self, found.handler)
+            response = handler(request, **found.params)
         except ApiError as exc:
             response = exc.response()
         except StoreBusy:
@@ -297,6 +305,17 @@ class Api:
         if reason is None:
             return json_response(200, {"status": "ready"})
         return json_response(503, {"status": "not_ready", "reason": reason})
+
+    def static_page(self, request: Request, name: str | None = None) -> Response:
+        asset = self.static.get(name if name is not None else PAGES.get(request.path, ""))
+        if asset is None:
+            raise ApiError(404, "not_found", "No such resource.")
+        body, content_type, etag = asset
+        headers = [("Content-Type", content_type), ("ETag", etag), ("Cache-Control", "no-cache"),
+                   ("X-Content-Type-Options", "nosniff")]
+        if request.header("if-none-match") == etag:
+            return Response(304, headers, b"")
+        return Response(200, headers, body)
 
     def metrics_page(self, request: Request) -> Response:
         text = self.metrics.render(self.service.gauges())

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 class Route:
     name: str                       # a stable label for metrics and logs
     pattern: re.Pattern
-    handlers: dict[str, str]        # method -> handler name
+    handlers: dict[str, object]     # method -> handler: a method name of Api, or a callable(request, **params)
 
     @property
     def allow(self) -> str:
         return ", ".join(sorted(self.handlers))
 
 
-def _route(name: str, template: str, **handlers: str) -> Route:
+def make_route(name: str, template: str, **handlers) -> Route:
+    """A route from a template like ``/api/calls/{call_sid}`` and handlers by method (get=..., put=...)."""
     regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]*)", template)
     methods = {method.upper(): handler for method, handler in handlers.items()}
     if "GET" in methods:
@@ -31,25 +32,29 @@ def _route(name: str, template: str, **handlers: str) -> Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    _route("recording_file", "/api/recordings/file/{call_sid}", get="play"),
-    _route("recording_link", "/api/recordings/{call_sid}/link", post="create_link"),
-    _route("call", "/api/calls/{call_sid}", get="get_call", put="put_call"),
-    _route("admin_businesses", "/admin/businesses", post="create_business"),
-    _route("admin_pause", "/admin/workers/pause", post="pause_workers"),
-    _route("admin_resume", "/admin/workers/resume", post="resume_workers"),
-    _route("admin_cleanup", "/admin/cleanup", post="cleanup"),
-    _route("admin_jobs", "/admin/jobs", get="list_jobs"),
-    _route("admin_retry_counter", "/admin/retry-counters/{business_id}/{call_sid}", get="retry_counter"),
-    _route("healthz", "/healthz", get="healthz"),
-    _route("readyz", "/readyz", get="readyz"),
-    _route("metrics", "/metrics", get="metrics_page"),
+    make_route("recording_file", "/api/recordings/file/{call_sid}", get="play"),
+    make_route("recording_link", "/api/recordings/{call_sid}/link", post="create_link"),
+    make_route("call", "/api/calls/{call_sid}", get="get_call", put="put_call"),
+    make_route("admin_businesses", "/admin/businesses", post="create_business"),
+    make_route("admin_pause", "/admin/workers/pause", post="pause_workers"),
+    make_route("admin_resume", "/admin/workers/resume", post="resume_workers"),
+    make_route("admin_cleanup", "/admin/cleanup", post="cleanup"),
+    make_route("admin_jobs", "/admin/jobs", get="list_jobs"),
+    make_route("admin_retry_counter", "/admin/retry-counters/{business_id}/{call_sid}", get="retry_counter"),
+    make_route("healthz", "/healthz", get="healthz"),
+    make_route("readyz", "/readyz", get="readyz"),
+    make_route("metrics", "/metrics", get="metrics_page"),
+    make_route("index", "/", get="static_page"),
+    make_route("player_page", "/player", get="static_page"),
+    make_route("player_script", "/player.js", get="static_page"),
+    make_route("static", "/static/{name}", get="static_page"),
 )
 
 
 @dataclass(frozen=True)
 class Matched:
     route: Route
-    handler: str
+    handler: object
     params: dict[str, str]
 
 

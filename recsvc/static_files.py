@@ -1,0 +1,55 @@
+"""The web assets recsvc serves (player, demo page), read once with importlib.resources.
+
+Assets are read from the installed package, not the source tree, so the
+single-file zipapp serves them too; each is read on first request and kept
+in memory with its ETag, so serving one costs no disk access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import re
+import threading
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".wav": "audio/wav",
+}
+# Friendly paths of the pages; any other asset is under /static/{name}.
+PAGES = {"/": "index.html", "/player": "player.html", "/player.js": "player.js"}
+ASSET_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9]+)+$")
+
+
+class StaticFiles:
+    def __init__(self, package: str = "recsvc.static"):
+        self._package = package
+        self._cache_lock = threading.Lock()  # guards _cache
+        self._cache: dict[str, tuple[bytes, str, str] | None] = {}
+
+    def get(self, name: str) -> tuple[bytes, str, str] | None:
+        """(body, content type, etag) of an asset, or None when there is no such asset."""
+        if not ASSET_NAME.match(name):
+            return None
+        with self._cache_lock:
+            if name in self._cache:
+                return self._cache[name]
+        found = self._load(name)
+        with self._cache_lock:
+            self._cache[name] = found
+        return found
+
+    def _load(self, name: str) -> tuple[bytes, str, str] | None:
+        extension = name[name.rfind("."):]
+        if extension not in CONTENT_TYPES:
+            return None
+        try:
+            body = importlib.resources.files(self._package).joinpath(name).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ModuleNotFoundError):
+            return None
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        return body, CONTENT_TYPES[extension], etag
