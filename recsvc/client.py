@@ -284,8 +284,8 @@ class RecordingClient:
         requests = 0
         failures = 0  # network-class answers in a row
         last_request = False
+        left = self.max_wait
         while True:
-            left = self.max_wait - (self._clock() - start)
             answer = self._ask(url, prefer_wait_seconds(left))
             requests += 1
             elapsed = self._clock() - start
@@ -341,6 +341,7 @@ class RecordingClient:
                     )
                 )
             self._sleep(delay)
+            left = self.max_wait - (self._clock() - start)
 
     def _stop_message(self, action: str, answer: _Answer, fields: dict) -> str:
         if action in (NOT_FOUND, WORKER_OFFLINE):
