@@ -487,7 +487,7 @@ def test_invariant_3_in_real_time_against_a_server_that_never_answers():
             client.wait_for_recording("CA1")
         took = time.monotonic() - started
     assert caught.value.requests == 2
-    assert 0.5 <= took < 0.5 + 0.2 + 0.3
+    assert 0.5 <= took < 0.5 + 0.2 + 0.8  # scheduling slack on a busy machine
     assert caught.value.message == message("timeout", "en", 0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pathlib
@@ -10,9 +11,9 @@ import sys
 
 import pytest
 
-from contract_fake import TOKEN, WAV, ScriptedServer, audio, closed_port, failure, processing
+from contract_fake import TOKEN, WAV, FakeClock, ScriptedServer, audio, closed_port, failure, processing
 from recsvc import fetch
-from recsvc.client import MESSAGES, message
+from recsvc.client import MESSAGES, RecordingClient, message
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -29,6 +30,14 @@ def serve():
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def fake_time(monkeypatch) -> FakeClock:
+    """main() builds its player on a fake clock: its waits take no real time."""
+    clock = FakeClock()
+    monkeypatch.setattr(fetch, "RecordingClient", functools.partial(RecordingClient, clock=clock, sleep=clock.sleep))
+    return clock
 
 
 class Terminal(io.StringIO):
@@ -129,11 +138,20 @@ def test_stops_exit_with_their_code_and_the_contract_message(serve, tmp_path, an
     assert os.listdir(tmp_path) == []
 
 
-def test_timeout_is_exit_5_with_the_waited_seconds(serve, tmp_path):
-    code, err = run(["CA1", "--max-wait", "0"], server=serve([processing(2)]))
+def test_timeout_is_exit_5_with_the_waited_seconds(serve, tmp_path, fake_time):
+    code, err = run(["CA1"], server=serve([processing(2)]))
     assert code == 5
-    assert err.strip().endswith(message("timeout", "en", 0))
+    assert err.splitlines()[-1] == message("timeout", "en", 180)
+    assert fake_time() == 180
     assert os.listdir(tmp_path) == []
+
+
+def test_max_wait_zero_asks_once_then_times_out(serve):
+    server = serve([processing(2)])
+    code, err = run(["CA1", "--max-wait", "0"], server=server)
+    assert code == 5
+    assert err.strip() == message("timeout", "en", 0)
+    assert len(server.seen) == 1
 
 
 def test_hebrew_messages(serve):
@@ -142,13 +160,15 @@ def test_hebrew_messages(serve):
     assert err.strip() == "ההקלטה לא נמצאה. אין כתובת הקלטה לשיחה זו"
 
 
-def test_connection_refused_until_max_wait_is_exit_5():
+def test_connection_refused_until_max_wait_is_exit_5(fake_time):
     code, err = run(
-        ["CA1", "--max-wait", "0.05", "--base-url", f"http://127.0.0.1:{closed_port()}"],
+        ["CA1", "--max-wait", "20", "--base-url", f"http://127.0.0.1:{closed_port()}"],
         environ={"RECSVC_TOKEN": TOKEN},
     )
     assert code == 5
-    assert "network error" in err  # the progress line said why it waited
+    assert err.splitlines()[0].startswith("CA1: 0s elapsed, attempt 1, network error: ")
+    assert fake_time.sleeps == [1, 2, 4, 8, 5]
+    assert err.splitlines()[-1] == message("timeout", "en", 20)
 
 
 @pytest.mark.parametrize(
@@ -201,26 +221,26 @@ def test_max_wait_bounds_prefer_wait(serve):
     assert server.seen[0].prefer_wait == 7
 
 
-def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(serve):
-    server = serve([processing(2, job_status="running", attempt=1)])
-    code, err = run(["CA7", "--max-wait", "0.05"], server=server)
-    assert code == 5
-    lines = err.splitlines()
-    assert "\r" not in err
-    assert lines[0].startswith("CA7: 0s elapsed, attempt 1, HTTP 202 processing: job running, attempt 1/3; next try in 0.0")
-    assert len(lines) == 2
-    assert lines[-1] == message("timeout", "en", 0)
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(serve, fake_time):
+    server = serve([processing(2, job_status="running", attempt=1), failure(503, "busy"), failure(404, "call_not_found")])
+    code, err = run(["CA7"], server=server)
+    assert code == 3
+    assert err.splitlines() == [
+        "CA7: 0s elapsed, attempt 1, HTTP 202 processing: job running, attempt 1/3; next try in 2s",
+        "CA7: 2s elapsed, attempt 2, HTTP 503 busy; next try in 1s",
+        MESSAGES["en"]["not_found"],
+    ]
 
 
-def test_progress_is_one_updating_line_on_a_terminal(serve):
-    server = serve([failure(503, "busy")])
+def test_progress_is_one_updating_line_on_a_terminal(serve, fake_time):
+    server = serve([processing(2, job_status="running", attempt=1), failure(503, "busy"), failure(404, "call_not_found")])
     terminal = Terminal()
-    code, err = run(["CA7", "--max-wait", "0.05"], server=server, stderr=terminal)
-    assert code == 5
-    progress, final = err.rsplit("\n", 2)[0], err.rsplit("\n", 2)[1]
-    assert progress.startswith("\rCA7: 0s elapsed, attempt 1, HTTP 503 busy")
-    assert "\n" not in progress
-    assert final == message("timeout", "en", 0)
+    code, err = run(["CA7"], server=server, stderr=terminal)
+    assert code == 3
+    first = "CA7: 0s elapsed, attempt 1, HTTP 202 processing: job running, attempt 1/3; next try in 2s"
+    second = "CA7: 2s elapsed, attempt 2, HTTP 503 busy; next try in 1s"
+    # the shorter second text blanks out what is left of the first
+    assert err == f"\r{first}\r{second.ljust(len(first))}\n{MESSAGES['en']['not_found']}\n"
 
 
 # --- as a process, the way an operator runs it --------------------------------
