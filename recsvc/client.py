@@ -22,8 +22,11 @@ Why the loop always ends (CONTRACT 8, invariant 3): a request asks to be held
 no longer than the time left, a wait is cut to the time left, and a request
 made after a cut wait is the last one: if it does not bring the recording,
 the player stops with ``timeout``. So the player stops within ``max_wait``
-plus one request (at most ``request_timeout`` longer than its hold), whatever
-the server does. A recording that arrives on that last request still plays.
+plus one request, whatever the server answers. A recording that arrives on
+that last request still plays. "One request" is bounded by the socket
+timeout, N + ``request_timeout``, which urllib applies to each blocking step
+(connect, each read), not to a whole answer: a server that trickles its
+answer a byte at a time can stretch that one request further.
 
 Time is injected (``clock=``, ``sleep=``) so tests run the whole loop in fake
 time; ``opener=`` takes anything with urllib's ``open(request, timeout=)``.
