@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     add_setting_flags(serve)
     worker = commands.add_parser("worker", help="download workers only, no HTTP, on the same data dir")
     add_setting_flags(worker)
+    commands.add_parser("fetch", help="wait for a recording as a player would and save it (see: fetch --help)")
     return parser
 
 
@@ -78,6 +79,9 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fetch"]:  # the player on the command line has its own flags (recsvc.fetch)
+        from .fetch import main as fetch_main
+        return fetch_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
