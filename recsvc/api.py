@@ -18,8 +18,8 @@ import urllib.parse
 
 from .clock import Clock, iso_utc, wait_seconds
 from .decision import (
-    CallNotFound, NoLiveWorker, NoRecordingUrl, RecordingNotFoundUpstream, RetryRefused, ServeFile,
-    WORKER_NOT_PROCESSING_QUEUE,
+    CallNotFound, FirstJob, NoLiveWorker, NoRecordingUrl, Processing, RecordingNotFoundUpstream, RetryAllowed,
+    RetryRefused, ServeFile, WORKER_NOT_PROCESSING_QUEUE,
 )
 from .httpcore import FileBody, Request, Response, json_error
 from .links import LinkSigner
@@ -31,6 +31,7 @@ from .service import PlayResult, RecordingService, retry_after_for, valid_call_s
 from .settings import Settings
 from .store import StoreBusy
 from .upstream import UrlNotAllowed
+from .waiters import JobWaiters
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,34 @@ def read_json_object(request: Request) -> dict:
     return payload
 
 
+def prefer_wait(value: str | None) -> int | None:
+    """The ``wait`` preference of a Prefer header in whole seconds (RFC 7240 4.3), or None."""
+    if not value:
+        return None
+    for preference in value.split(","):
+        name, _, rest = preference.strip().partition("=")
+        if name.strip().lower() == "wait":
+            seconds = rest.split(";", 1)[0].strip().strip('"')
+            return int(seconds) if seconds.isdigit() and len(seconds) < 10 else None
+    return None
+
+
+def is_processing(result: PlayResult) -> bool:
+    """A result that would be answered 202 (rows 9, 10a, 10b)."""
+    return isinstance(result.outcome, (Processing, FirstJob, RetryAllowed))
+
+
 class Api:
     """The application: ``api(request) -> response``."""
 
     def __init__(self, settings: Settings, service: RecordingService, signer: LinkSigner, metrics: Metrics,
-                 clock: Clock):
+                 clock: Clock, waiters: JobWaiters):
         self.settings = settings
         self.service = service
         self.signer = signer
         self.metrics = metrics
         self.clock = clock
+        self.waiters = waiters
         self._admin_token = settings.admin_token.encode() if settings.admin_token else None
         self.routes: tuple[Route, ...] = ROUTES
         self.static = StaticFiles()
@@ -153,7 +172,27 @@ class Api:
             business_id = self._business(request)
         self._call_sid(call_sid)
         result = self.service.play(business_id, call_sid)
-        return self.render_play(request, result)
+        wanted = prefer_wait(request.header("prefer"))
+        if wanted is None or result.job is None or not is_processing(result):
+            return self.render_play(request, result)
+        # CONTRACT 5b: hold a would-be 202 until its job ends or the wait is over.
+        applied = min(wanted, wait_seconds(self.settings.max_wait)) if wanted else 0
+        deadline = time.monotonic() + min(wanted, self.settings.max_wait)
+        while not request.client_gone():
+            left = deadline - time.monotonic()
+            ended = left > 0 and self.waiters.wait(result.job.id, left, request.client_gone)
+            result = self.service.play(business_id, call_sid)  # the answer as of now
+            if not ended or not is_processing(result):
+                break
+        response = self.render_play_safely(request, result)
+        response.headers.append(("Preference-Applied", f"wait={applied}"))
+        return response
+
+    def render_play_safely(self, request: Request, result: PlayResult) -> Response:
+        try:
+            return self.render_play(request, result)
+        except ApiError as exc:
+            return exc.response()
 
     def _link_business(self, request: Request, call_sid: str) -> int:
         if not valid_call_sid(call_sid):

@@ -28,6 +28,7 @@ from .service import RecordingService
 from .settings import Settings
 from .store import Store
 from .upstream import Downloader
+from .waiters import JobWaiters
 from .worker import WorkerPool, recover_orphans
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,17 @@ class App:
         self.metrics = Metrics()
         self.counter = counter if counter is not None else open_counter(settings.counter, clock)
         self.downloader = downloader if downloader is not None else Downloader(settings)
+        self.waiters = JobWaiters(self.store)
         self.pool: WorkerPool | None = None
         if settings.workers > 0:
             self.pool = WorkerPool(self.store, self.files, self.downloader, threads=settings.workers,
                                    heartbeat_interval=settings.heartbeat_interval, clock=clock,
-                                   metrics=self.metrics)
+                                   metrics=self.metrics, on_job_done=lambda job: self.waiters.job_ended(job.id))
         self.service = RecordingService(settings, self.store, self.files, self.counter, clock, self.metrics,
-                                        on_job_queued=self.pool.wake if self.pool else (lambda: None))
+                                        on_job_queued=self.pool.wake if self.pool else (lambda: None),
+                                        on_job_ended=self.waiters.job_ended)
         self.signer = LinkSigner(load_secret(settings.data_dir, environ))
-        self.api = Api(settings, self.service, self.signer, self.metrics, clock)
+        self.api = Api(settings, self.service, self.signer, self.metrics, clock, self.waiters)
         self.http: HTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -100,6 +103,7 @@ class App:
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
+        self.waiters.stop()
         finished = self.pool.stop(grace) if self.pool is not None else True
         for thread in self._threads:
             thread.join(1.0)

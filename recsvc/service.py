@@ -68,7 +68,8 @@ class PlayResult:
 
 class RecordingService:
     def __init__(self, settings: Settings, store: Store, files: RecordingFiles, counter: RetryCounter,
-                 clock: Clock, metrics: Metrics, on_job_queued: Callable[[], None] = lambda: None):
+                 clock: Clock, metrics: Metrics, on_job_queued: Callable[[], None] = lambda: None,
+                 on_job_ended: Callable[[int], None] = lambda job_id: None):
         self.settings = settings
         self.store = store
         self.files = files
@@ -76,6 +77,7 @@ class RecordingService:
         self.clock = clock
         self.metrics = metrics
         self.on_job_queued = on_job_queued
+        self.on_job_ended = on_job_ended
 
     # ------------------------------------------------------------ businesses
 
@@ -170,6 +172,9 @@ class RecordingService:
                     queued = isinstance(result.outcome, RetryAllowed)
         if queued:
             self.on_job_queued()
+        stuck = getattr(outcome, "stuck", None)
+        if stuck is not None:
+            self.on_job_ended(stuck[0].id)  # wake requests held on the job that was just failed
         return result
 
     def _insert_job(self, tx: Tx, call: Call, attempt: int, now: float) -> Job:
@@ -274,7 +279,6 @@ class RecordingService:
 
     def cleanup(self) -> int:
         """The sweeper's pass: mark every stuck active job failed; never creates jobs (CONTRACT 4)."""
-        marked = 0
         with self.store.reading() as tx:
             candidates = tx.active_jobs()
         now = self.clock()
@@ -282,10 +286,10 @@ class RecordingService:
         if not stuck:
             return 0
         with self.store.writing() as tx:
-            for job, reason in stuck:
-                if self._mark_stuck(tx, job, reason, now):
-                    marked += 1
-        return marked
+            ended = [job.id for job, reason in stuck if self._mark_stuck(tx, job, reason, now)]
+        for job_id in ended:
+            self.on_job_ended(job_id)
+        return len(ended)
 
     def jobs(self, call_sid: str | None, business_id: int | None, limit: int = 200) -> list[dict]:
         with self.store.reading() as tx:

@@ -23,6 +23,7 @@ database from version i to i+1, so every release can open every older file.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import sqlite3
@@ -156,6 +157,8 @@ SQL = {
                       "WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY queue_seq, id LIMIT 1) "
                       "AND (SELECT workers_paused FROM control WHERE id = 1) = 0 "
                       "RETURNING id",
+    "ended_jobs": "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?)) "
+                  "AND status IN ('completed', 'failed')",
     "count_jobs_by_status": "SELECT status, COUNT(*) FROM jobs GROUP BY status",
     # recordings
     "get_recording": "SELECT business_id, call_sid, recording_url, path, size, sha256, content_type, stored_at "
@@ -280,6 +283,10 @@ class Tx:
     def claim_next_job(self, worker_id: str, now: float) -> Job | None:
         row = self._one("claim_next_job", now, worker_id)
         return self.get_job(row[0]) if row else None
+
+    def ended_jobs(self, job_ids: list[int]) -> list[int]:
+        """Which of these jobs are no longer active (one query for any number of ids)."""
+        return [row[0] for row in self._all("ended_jobs", json.dumps(job_ids))]
 
     def count_jobs_by_status(self) -> dict[str, int]:
         counts = {status: 0 for status in (QUEUED, RUNNING, COMPLETED, FAILED)}
