@@ -16,6 +16,7 @@ import logging
 import time
 import urllib.parse
 
+from .cache import RecordingCache
 from .clock import Clock, iso_utc, wait_seconds
 from .decision import (
     CallNotFound, FirstJob, NoLiveWorker, NoRecordingUrl, Processing, RecordingNotFoundUpstream, RetryAllowed,
@@ -99,13 +100,14 @@ class Api:
     """The application: ``api(request) -> response``."""
 
     def __init__(self, settings: Settings, service: RecordingService, signer: LinkSigner, metrics: Metrics,
-                 clock: Clock, waiters: JobWaiters):
+                 clock: Clock, waiters: JobWaiters, cache: RecordingCache):
         self.settings = settings
         self.service = service
         self.signer = signer
         self.metrics = metrics
         self.clock = clock
         self.waiters = waiters
+        self.cache = cache
         self._admin_token = settings.admin_token.encode() if settings.admin_token else None
         self.routes: tuple[Route, ...] = ROUTES
         self.static = StaticFiles()
@@ -253,6 +255,8 @@ class Api:
             handle.close()
             raise ApiError(416, "range_not_satisfiable", "The requested range is outside the recording.",
                            plan.headers)
+        if request.method == "GET" and plan.status in (200, 206):
+            self.cache.played(recording.business_id, recording.call_sid)  # CONTRACT 5: a play
         if plan.count == 0:
             handle.close()
             return Response(plan.status, list(plan.headers), b"")

@@ -18,6 +18,7 @@ import os
 import threading
 
 from .api import Api
+from .cache import RecordingCache
 from .clock import Clock, system_clock
 from .counter import RetryCounter, open_counter
 from .files import RecordingFiles
@@ -48,16 +49,18 @@ class App:
         self.counter = counter if counter is not None else open_counter(settings.counter, clock)
         self.downloader = downloader if downloader is not None else Downloader(settings)
         self.waiters = JobWaiters(self.store)
+        self.cache = RecordingCache(self.store, self.files, settings.cache_max_bytes, clock)
         self.pool: WorkerPool | None = None
         if settings.workers > 0:
             self.pool = WorkerPool(self.store, self.files, self.downloader, threads=settings.workers,
                                    heartbeat_interval=settings.heartbeat_interval, clock=clock,
-                                   metrics=self.metrics, on_job_done=lambda job: self.waiters.job_ended(job.id))
+                                   metrics=self.metrics, on_job_done=lambda job: self.waiters.job_ended(job.id),
+                                   on_stored=lambda job: self.cache.evict_over_limit(keep=(job.business_id, job.call_sid)))
         self.service = RecordingService(settings, self.store, self.files, self.counter, clock, self.metrics,
                                         on_job_queued=self.pool.wake if self.pool else (lambda: None),
                                         on_job_ended=self.waiters.job_ended)
         self.signer = LinkSigner(load_secret(settings.data_dir, environ))
-        self.api = Api(settings, self.service, self.signer, self.metrics, clock, self.waiters)
+        self.api = Api(settings, self.service, self.signer, self.metrics, clock, self.waiters, self.cache)
         self.http: HTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -71,6 +74,7 @@ class App:
             log.warning("%d orphaned job(s) failed and replaced", replaced)
         if self.pool is not None:
             self.pool.start()
+        self.cache.start()
         if http:
             self._spawn("sweeper", self._sweep_loop)
             self.http = HTTPServer((self.settings.host, self.settings.port), self.api,
@@ -104,6 +108,7 @@ class App:
             self.http.shutdown()
             self.http.server_close()
         self.waiters.stop()
+        self.cache.stop()
         finished = self.pool.stop(grace) if self.pool is not None else True
         for thread in self._threads:
             thread.join(1.0)

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
@@ -78,6 +79,8 @@ class RecordingService:
         self.metrics = metrics
         self.on_job_queued = on_job_queued
         self.on_job_ended = on_job_ended
+        self._known_tokens_lock = threading.Lock()  # guards _known_tokens
+        self._known_tokens: dict[str, int] = {}
 
     # ------------------------------------------------------------ businesses
 
@@ -88,10 +91,23 @@ class RecordingService:
         return business_id, token
 
     def authenticate(self, token: str | None) -> int | None:
+        """The business of a bearer token. Known tokens are remembered (they never change),
+        so the hot 202 poll does not query businesses; unknown ones are asked every time."""
         if not token:
             return None
+        token_hash = hash_token(token)
+        with self._known_tokens_lock:
+            business_id = self._known_tokens.get(token_hash)
+        if business_id is not None:
+            return business_id
         with self.store.reading() as tx:
-            return tx.business_for_token(hash_token(token))
+            business_id = tx.business_for_token(token_hash)
+        if business_id is not None:
+            with self._known_tokens_lock:
+                if len(self._known_tokens) >= 10_000:
+                    self._known_tokens.clear()
+                self._known_tokens[token_hash] = business_id
+        return business_id
 
     def businesses_with_call(self, call_sid: str) -> list[int]:
         """The businesses that have a call of this sid: the candidates of a signed link."""

@@ -86,6 +86,7 @@ MIGRATIONS: tuple[str, ...] = (
         last_played_at REAL NOT NULL,
         PRIMARY KEY (business_id, call_sid)
     ) WITHOUT ROWID;
+    CREATE INDEX recordings_by_last_play ON recordings (last_played_at);
     CREATE TABLE workers (
         id TEXT PRIMARY KEY,
         host TEXT NOT NULL,
@@ -171,6 +172,10 @@ SQL = {
                         "last_played_at = excluded.last_played_at",
     "delete_recording": "DELETE FROM recordings WHERE business_id = ? AND call_sid = ?",
     "delete_recording_if": "DELETE FROM recordings WHERE business_id = ? AND call_sid = ? AND sha256 = ?",
+    "note_play": "UPDATE recordings SET last_played_at = MAX(last_played_at, ?) WHERE business_id = ? AND call_sid = ?",
+    "least_recently_played": "SELECT business_id, call_sid, recording_url, path, size, sha256, content_type, stored_at "
+                             "FROM recordings WHERE NOT (business_id = ?1 AND call_sid = ?2) "
+                             "ORDER BY last_played_at, stored_at LIMIT 1",
     "cache_bytes": "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM recordings",
     # workers
     "upsert_worker": "INSERT INTO workers (id, host, pid, threads, heartbeat_interval, started_at, heartbeat_at) "
@@ -306,6 +311,13 @@ class Tx:
         if sha256 is None:
             return self._run("delete_recording", business_id, call_sid) == 1
         return self._run("delete_recording_if", business_id, call_sid, sha256) == 1
+
+    def note_plays(self, plays: list[tuple[float, int, str]]) -> None:
+        self.conn.executemany(SQL["note_play"], plays)
+
+    def least_recently_played(self, keep: tuple[int, str] | None) -> Recording | None:
+        row = self._one("least_recently_played", *(keep or (-1, "")))
+        return Recording(*row) if row else None
 
     def cache_bytes(self) -> tuple[int, int]:
         size, count = self._one("cache_bytes")

@@ -93,6 +93,7 @@ class WorkerPool:
     def __init__(self, store: Store, files: RecordingFiles, downloader: Downloader, *,
                  threads: int, heartbeat_interval: float, clock: Clock, metrics: Metrics,
                  poll_interval: float = 0.5, on_job_done: Callable[[Job], None] | None = None,
+                 on_stored: Callable[[Job], None] | None = None,
                  worker_id: str | None = None):
         self.store = store
         self.files = files
@@ -103,6 +104,7 @@ class WorkerPool:
         self.metrics = metrics
         self.poll_interval = min(poll_interval, heartbeat_interval)
         self.on_job_done = on_job_done
+        self.on_stored = on_stored
         self.worker_id = worker_id or new_worker_id()
         self._stopping = threading.Event()
         self._work = threading.Condition()  # guards _pending_wakes
@@ -252,6 +254,8 @@ class WorkerPool:
             tx.complete_owned_job(job.id, self.worker_id, now)
         if previous is not None and previous.path != relative:
             self.files.remove(previous.path)
+        if self.on_stored is not None:
+            self.on_stored(job)
         self.metrics.job_finished("completed")
         log.info("job=%d call_sid=%s completed: %d bytes %s", job.id, job.call_sid, got.size, got.content_type)
         return True
