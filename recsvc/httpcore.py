@@ -476,23 +476,24 @@ class _Connection:
             self._answer_error(error)
             return False
         started = time.monotonic()
+        response = None
         try:
-            response = self.server.app(request)
-            if not isinstance(response, Response):
-                raise TypeError(f"the app returned {type(response).__name__}, not Response")
             try:
+                response = self.server.app(request)
+                if not isinstance(response, Response):
+                    raise TypeError(f"the app returned {type(response).__name__}, not Response")
                 head, body, keep_alive = render_response(response, request.method, request.version, keep_alive)
             except Exception:
-                _close_body(response.body)
-                raise
-        except Exception:
-            # A bug in the app: one line with its traceback, and a 500 without one.
-            logger.exception("the app failed on %s %s", request.method, request.path)
-            error = json_error(500, "internal_error", "Internal server error.")
-            error.close = True
-            head, body, keep_alive = render_response(error, request.method, request.version, False)
-            response = error
-        sent, complete = self._write(head, body)
+                # A bug in the app: one line with its traceback, and a 500 without one.
+                logger.exception("the app failed on %s %s", request.method, request.path)
+                _close_body(getattr(response, "body", None))
+                response = json_error(500, "internal_error", "Internal server error.")
+                response.close = True
+                head, body, keep_alive = render_response(response, request.method, request.version, False)
+            sent, complete = self._write(head, body)
+        finally:
+            # The transport owns the file from here, sent or not (HEAD, 204, 304, errors).
+            _close_body(getattr(response, "body", None))
         self._log_access(request.method, request.path, response.status, sent, started)
         return keep_alive and complete
 
@@ -547,27 +548,24 @@ class _Connection:
         """Send one response; (body bytes sent, whether the body was complete)."""
         sock = self.sock
         sock.settimeout(self.server.idle_timeout)  # per send: a reader that stalls is dropped
-        try:
-            if body is None:
-                sock.sendall(head)
-                return 0, True
-            if not isinstance(body, FileBody):
-                if len(body) <= _SMALL_BODY_BYTES:
-                    sock.sendall(head + body)
-                else:
-                    sock.sendall(head)
-                    view = memoryview(body)
-                    for start in range(0, len(view), _CHUNK_BYTES):
-                        sock.sendall(view[start : start + _CHUNK_BYTES])
-                return len(body), True
+        if body is None:
             sock.sendall(head)
-            sent = send_file(sock, body)
-            if sent < body.count:  # the file was shorter than promised: the framing is broken
-                logger.error("response file ended after %d of %d bytes; closing the connection", sent, body.count)
-                return sent, False
-            return sent, True
-        finally:
-            _close_body(body)
+            return 0, True
+        if not isinstance(body, FileBody):
+            if len(body) <= _SMALL_BODY_BYTES:
+                sock.sendall(head + body)
+            else:
+                sock.sendall(head)
+                view = memoryview(body)
+                for start in range(0, len(view), _CHUNK_BYTES):
+                    sock.sendall(view[start : start + _CHUNK_BYTES])
+            return len(body), True
+        sock.sendall(head)
+        sent = send_file(sock, body)
+        if sent < body.count:  # the file was shorter than promised: the framing is broken
+            logger.error("response file ended after %d of %d bytes; closing the connection", sent, body.count)
+            return sent, False
+        return sent, True
 
     def _log_access(self, method: str, path: str, status: int, sent: int, started: float) -> None:
         # CONTRACT 6: the path only; a query may hold a link signature. No header values.

@@ -28,6 +28,7 @@ class EchoApp:
         self.requests: list[Request] = []
         self.gone_seen = threading.Event()
         self.file_path = None
+        self.opened = []
 
     def __call__(self, request: Request) -> Response:
         self.requests.append(request)
@@ -38,6 +39,7 @@ class EchoApp:
         if request.path == "/file":
             params = dict(part.split("=") for part in request.query.split("&"))
             file = open(self.file_path, "rb")
+            self.opened.append(file)
             return Response(200, [], FileBody(file, int(params["offset"]), int(params["count"])))
         if request.path == "/held":
             deadline = time.monotonic() + float(request.query or 3)
@@ -629,6 +631,17 @@ def test_file_bodies_deliver_exact_bytes(client, recording, offset, count):
     assert body == recording[offset : offset + count]
     c.send(get("/after"))
     assert json.loads(c.response()[2])["path"] == "/after"
+
+
+@pytest.mark.parametrize("method,count", [("HEAD", 10), ("GET", 0), ("GET", 10)])
+def test_the_transport_closes_response_files(client, app, recording, method, count):
+    c = client()
+    c.send(f"{method} /file?offset=0&count={count} HTTP/1.1\r\n\r\n".encode())
+    c.response(head_request=method == "HEAD")
+    deadline = time.monotonic() + 2
+    while not app.opened[0].closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert app.opened[0].closed
 
 
 def test_file_bodies_fall_back_to_copying_when_sendfile_fails(client, recording, monkeypatch):
