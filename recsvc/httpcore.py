@@ -590,8 +590,11 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.access_log = access_log
-        self._connections_lock = threading.Lock()  # guards _connections
+        self._connections_lock = threading.Lock()  # guards _connections and _open_sockets
         self._connections = 0
+        self._open_sockets: set[socket.socket] = set()
+        self._refused = 0  # refusals not yet logged; the accepting thread alone touches these
+        self._refused_logged_at = -float("inf")
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, None)
@@ -612,28 +615,51 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             admitted = self._connections < self.max_connections
             if admitted:
                 self._connections += 1
+                self._open_sockets.add(request)
         if not admitted:
             self._refuse(request, client_address)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._release()
+            self._release(request)
             raise
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._release()
+            self._release(request)
 
-    def _release(self) -> None:
+    def _release(self, sock: socket.socket) -> None:
         with self._connections_lock:
             self._connections -= 1
+            self._open_sockets.discard(sock)
+
+    def server_close(self):
+        """Stop listening, and end connections as soon as they are idle.
+
+        Shutting the read side wakes a connection waiting for a request (it
+        ends at once) and lets one in the middle of an answer finish writing
+        it; ``client_gone`` turns True, so held requests answer early.
+        """
+        super().server_close()
+        with self._connections_lock:
+            sockets = list(self._open_sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
     def _refuse(self, sock: socket.socket, client_address: tuple) -> None:
         """CONTRACT 2 --max-connections: a 503 from the accepting thread, then close."""
-        logger.warning("refused connection from %s: %d connections already served", client_address[0], self.max_connections)
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at >= 1.0:  # an overload must not become a log flood
+            logger.warning("refused %d connection(s) with 503: all %d connection slots are in use", self._refused, self.max_connections)
+            self._refused = 0
+            self._refused_logged_at = now
         response = json_error(503, "too_many_connections", "Too many connections; try again shortly.", [("Retry-After", "1")])
         head, body, _ = render_response(response, "GET", "HTTP/1.1", False)
         try:

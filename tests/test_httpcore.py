@@ -595,6 +595,30 @@ def test_connection_beyond_max_connections_gets_503_at_once(make_server, client)
     assert second.response()[0] == 200
 
 
+def test_refusals_are_logged_at_most_once_a_second(make_server, client, caplog):
+    caplog.set_level(logging.INFO)
+    server = make_server(max_connections=1)
+    holder = client(server)
+    holder.send(get("/"))
+    holder.response()
+    for _ in range(5):
+        assert client(server).response()[0] == 503
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelno == logging.WARNING
+
+
+def test_server_close_ends_idle_connections_at_once(make_server, client):
+    server = make_server(idle_timeout=10)
+    c = client(server)
+    c.send(get("/"))
+    assert c.response()[0] == 200
+    server.shutdown()
+    started = time.monotonic()
+    server.server_close()
+    assert c.is_closed(within=2)
+    assert time.monotonic() - started < 0.5
+
+
 def test_a_freed_connection_slot_is_reused(make_server, client):
     server = make_server(max_connections=1)
     first = client(server)
