@@ -540,7 +540,8 @@ class _Connection:
 
     def _answer_error(self, error: RequestError) -> None:
         started = time.monotonic()
-        head, body, _ = render_response(error.response(), "GET", "HTTP/1.1", False)
+        method = "HEAD" if self.current[0] == "HEAD" else "GET"  # a HEAD never gets a body
+        head, body, _ = render_response(error.response(), method, "HTTP/1.1", False)
         sent, _ = self._write(head, body)
         self._log_access(*self.current, error.status, sent, started)
 

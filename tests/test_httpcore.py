@@ -496,6 +496,14 @@ def test_malformed_heads_are_400_and_close(client, app, head):
     assert app.requests == []
 
 
+def test_transport_errors_on_head_have_no_body(client):
+    c = client()
+    c.send(b"HEAD / HTTP/1.1\r\n" + many_headers(101) + b"\r\n")
+    status, headers, _ = c.response(head_request=True)
+    assert status == 431 and int(headers["content-length"]) > 0
+    assert c.is_closed()
+
+
 @pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/1.2", b"HTTP/0.9"])
 def test_other_http_versions_are_505(client, version):
     c = client()
@@ -798,6 +806,22 @@ def test_json_error_shape():
 
 
 # ---------------------------------------------------------------- socket options
+
+
+def test_serves_ipv6_loopback():
+    try:
+        server = HTTPServer(("::1", 0), EchoApp())
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=3) as sock:
+            sock.sendall(get("/v6"))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_server_socket_options():
