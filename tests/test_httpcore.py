@@ -6,6 +6,7 @@ Clients here are raw sockets so every byte on the wire is the test's choice.
 from __future__ import annotations
 
 import errno
+import http.client
 import json
 import logging
 import socket
@@ -79,7 +80,7 @@ def make_server():
     def start(app=None, **options):
         options.setdefault("idle_timeout", 2)
         server = HTTPServer(("127.0.0.1", 0), app or EchoApp(), **options)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
         thread.start()
         servers.append((server, thread))
         return server
@@ -805,6 +806,57 @@ def test_json_error_shape():
     assert json.loads(response.body) == {"error": "call_not_found", "message": "No such call.", "call_sid": "CA1"}
 
 
+def test_a_stock_http_client_keeps_one_connection(server):
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=3)
+    try:
+        connection.request("PUT", "/x", body=b"a" * 3000)
+        response = connection.getresponse()
+        assert json.loads(response.read())["body"] == "a" * 3000
+        connection.request("HEAD", "/")
+        response = connection.getresponse()
+        assert response.status == 200 and response.read() == b""
+        sock = connection.sock
+        connection.request("GET", "/again")
+        assert json.loads(connection.getresponse().read())["path"] == "/again"
+        assert connection.sock is sock
+    finally:
+        connection.close()
+
+
+# ---------------------------------------------------------------- rendering (no socket)
+
+
+def test_render_keeps_app_date_and_server_and_drops_app_connection():
+    response = Response(200, [("Server", "other"), ("Date", "x"), ("Connection", "keep-alive")], b"hi")
+    head, body, keep_alive = httpcore.render_response(response, "GET", "HTTP/1.1", True)
+    text = head.decode()
+    assert text.count("Server:") == 1 and "Server: other" in text and text.count("Date:") == 1
+    assert "Connection" not in text and keep_alive and body == b"hi"
+    assert text.startswith("HTTP/1.1 200 OK\r\n") and text.endswith("\r\n\r\n")
+
+
+def test_render_honours_an_app_connection_close():
+    response = Response(200, [("Connection", "close")], b"")
+    head, _, keep_alive = httpcore.render_response(response, "GET", "HTTP/1.1", True)
+    assert not keep_alive and head.decode().count("Connection: close") == 1
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param(Response(199), id="interim-status"),
+        pytest.param(Response(200, [("Bad Name", "v")]), id="header-name-not-token"),
+        pytest.param(Response(200, [("X", "\u20ac")]), id="value-not-latin1"),
+        pytest.param(Response(200, [("Transfer-Encoding", "chunked")]), id="transfer-encoding"),
+        pytest.param(Response(200, [("Content-Length", "1"), ("Content-Length", "1")], b"x"), id="two-lengths"),
+        pytest.param(Response(200, body="text"), id="str-body"),
+    ],
+)
+def test_render_refuses_responses_it_cannot_send_truthfully(response):
+    with pytest.raises((ValueError, TypeError)):
+        httpcore.render_response(response, "GET", "HTTP/1.1", True)
+
+
 # ---------------------------------------------------------------- socket options
 
 
@@ -813,7 +865,7 @@ def test_serves_ipv6_loopback():
         server = HTTPServer(("::1", 0), EchoApp())
     except OSError:
         pytest.skip("no IPv6 loopback on this machine")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     try:
         with socket.create_connection(server.server_address[:2], timeout=3) as sock:
