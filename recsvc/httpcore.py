@@ -451,7 +451,8 @@ class _Connection:
                 pass
         except (ConnectionError, TimeoutError) as exc:
             # CONTRACT 6: a client that leaves costs one line, not a traceback.
-            logger.info("client %s disconnected: %s", self.client_address[0], exc.__class__.__name__)
+            method, path = self.current
+            logger.info("client %s disconnected during %s %s: %s", self.client_address[0], method, path, exc.__class__.__name__)
             self.sock.close()
         finally:
             if self.sock.fileno() >= 0:
