@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import email.utils
 import http
-import io
 import json
 import logging
 import re
@@ -55,6 +54,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable
+
+__all__ = [
+    "HTTPServer",
+    "Request",
+    "Response",
+    "FileBody",
+    "json_error",
+    "RequestError",
+    "parse_request_line",
+    "parse_header_line",
+    "body_length",
+    "wants_keep_alive",
+    "render_response",
+    "send_file",
+]
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("recsvc.access")
