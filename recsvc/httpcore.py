@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import email.utils
 import http
-import io
 import json
 import logging
 import re
@@ -55,6 +54,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable
+
+__all__ = [
+    "HTTPServer",
+    "Request",
+    "Response",
+    "FileBody",
+    "json_error",
+    "RequestError",
+    "parse_request_line",
+    "parse_header_line",
+    "body_length",
+    "wants_keep_alive",
+    "render_response",
+    "send_file",
+]
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("recsvc.access")
@@ -451,7 +465,8 @@ class _Connection:
                 pass
         except (ConnectionError, TimeoutError) as exc:
             # CONTRACT 6: a client that leaves costs one line, not a traceback.
-            logger.info("client %s disconnected: %s", self.client_address[0], exc.__class__.__name__)
+            method, path = self.current
+            logger.info("client %s disconnected during %s %s: %s", self.client_address[0], method, path, exc.__class__.__name__)
             self.sock.close()
         finally:
             if self.sock.fileno() >= 0:
@@ -476,23 +491,24 @@ class _Connection:
             self._answer_error(error)
             return False
         started = time.monotonic()
+        response = None
         try:
-            response = self.server.app(request)
-            if not isinstance(response, Response):
-                raise TypeError(f"the app returned {type(response).__name__}, not Response")
             try:
+                response = self.server.app(request)
+                if not isinstance(response, Response):
+                    raise TypeError(f"the app returned {type(response).__name__}, not Response")
                 head, body, keep_alive = render_response(response, request.method, request.version, keep_alive)
             except Exception:
-                _close_body(response.body)
-                raise
-        except Exception:
-            # A bug in the app: one line with its traceback, and a 500 without one.
-            logger.exception("the app failed on %s %s", request.method, request.path)
-            error = json_error(500, "internal_error", "Internal server error.")
-            error.close = True
-            head, body, keep_alive = render_response(error, request.method, request.version, False)
-            response = error
-        sent, complete = self._write(head, body)
+                # A bug in the app: one line with its traceback, and a 500 without one.
+                logger.exception("the app failed on %s %s", request.method, request.path)
+                _close_body(getattr(response, "body", None))
+                response = json_error(500, "internal_error", "Internal server error.")
+                response.close = True
+                head, body, keep_alive = render_response(response, request.method, request.version, False)
+            sent, complete = self._write(head, body)
+        finally:
+            # The transport owns the file from here, sent or not (HEAD, 204, 304, errors).
+            _close_body(getattr(response, "body", None))
         self._log_access(request.method, request.path, response.status, sent, started)
         return keep_alive and complete
 
@@ -539,7 +555,8 @@ class _Connection:
 
     def _answer_error(self, error: RequestError) -> None:
         started = time.monotonic()
-        head, body, _ = render_response(error.response(), "GET", "HTTP/1.1", False)
+        method = "HEAD" if self.current[0] == "HEAD" else "GET"  # a HEAD never gets a body
+        head, body, _ = render_response(error.response(), method, "HTTP/1.1", False)
         sent, _ = self._write(head, body)
         self._log_access(*self.current, error.status, sent, started)
 
@@ -547,27 +564,24 @@ class _Connection:
         """Send one response; (body bytes sent, whether the body was complete)."""
         sock = self.sock
         sock.settimeout(self.server.idle_timeout)  # per send: a reader that stalls is dropped
-        try:
-            if body is None:
-                sock.sendall(head)
-                return 0, True
-            if not isinstance(body, FileBody):
-                if len(body) <= _SMALL_BODY_BYTES:
-                    sock.sendall(head + body)
-                else:
-                    sock.sendall(head)
-                    view = memoryview(body)
-                    for start in range(0, len(view), _CHUNK_BYTES):
-                        sock.sendall(view[start : start + _CHUNK_BYTES])
-                return len(body), True
+        if body is None:
             sock.sendall(head)
-            sent = send_file(sock, body)
-            if sent < body.count:  # the file was shorter than promised: the framing is broken
-                logger.error("response file ended after %d of %d bytes; closing the connection", sent, body.count)
-                return sent, False
-            return sent, True
-        finally:
-            _close_body(body)
+            return 0, True
+        if not isinstance(body, FileBody):
+            if len(body) <= _SMALL_BODY_BYTES:
+                sock.sendall(head + body)
+            else:
+                sock.sendall(head)
+                view = memoryview(body)
+                for start in range(0, len(view), _CHUNK_BYTES):
+                    sock.sendall(view[start : start + _CHUNK_BYTES])
+            return len(body), True
+        sock.sendall(head)
+        sent = send_file(sock, body)
+        if sent < body.count:  # the file was shorter than promised: the framing is broken
+            logger.error("response file ended after %d of %d bytes; closing the connection", sent, body.count)
+            return sent, False
+        return sent, True
 
     def _log_access(self, method: str, path: str, status: int, sent: int, started: float) -> None:
         # CONTRACT 6: the path only; a query may hold a link signature. No header values.
@@ -592,8 +606,11 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.access_log = access_log
-        self._connections_lock = threading.Lock()  # guards _connections
+        self._connections_lock = threading.Lock()  # guards _connections and _open_sockets
         self._connections = 0
+        self._open_sockets: set[socket.socket] = set()
+        self._refused = 0  # refusals not yet logged; the accepting thread alone touches these
+        self._refused_logged_at = -float("inf")
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, None)
@@ -614,28 +631,51 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             admitted = self._connections < self.max_connections
             if admitted:
                 self._connections += 1
+                self._open_sockets.add(request)
         if not admitted:
             self._refuse(request, client_address)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._release()
+            self._release(request)
             raise
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._release()
+            self._release(request)
 
-    def _release(self) -> None:
+    def _release(self, sock: socket.socket) -> None:
         with self._connections_lock:
             self._connections -= 1
+            self._open_sockets.discard(sock)
+
+    def server_close(self):
+        """Stop listening, and end connections as soon as they are idle.
+
+        Shutting the read side wakes a connection waiting for a request (it
+        ends at once) and lets one in the middle of an answer finish writing
+        it; ``client_gone`` turns True, so held requests answer early.
+        """
+        super().server_close()
+        with self._connections_lock:
+            sockets = list(self._open_sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
     def _refuse(self, sock: socket.socket, client_address: tuple) -> None:
         """CONTRACT 2 --max-connections: a 503 from the accepting thread, then close."""
-        logger.warning("refused connection from %s: %d connections already served", client_address[0], self.max_connections)
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at >= 1.0:  # an overload must not become a log flood
+            logger.warning("refused %d connection(s) with 503: all %d connection slots are in use", self._refused, self.max_connections)
+            self._refused = 0
+            self._refused_logged_at = now
         response = json_error(503, "too_many_connections", "Too many connections; try again shortly.", [("Retry-After", "1")])
         head, body, _ = render_response(response, "GET", "HTTP/1.1", False)
         try:

@@ -6,6 +6,7 @@ Clients here are raw sockets so every byte on the wire is the test's choice.
 from __future__ import annotations
 
 import errno
+import http.client
 import json
 import logging
 import socket
@@ -28,6 +29,7 @@ class EchoApp:
         self.requests: list[Request] = []
         self.gone_seen = threading.Event()
         self.file_path = None
+        self.opened = []
 
     def __call__(self, request: Request) -> Response:
         self.requests.append(request)
@@ -38,6 +40,7 @@ class EchoApp:
         if request.path == "/file":
             params = dict(part.split("=") for part in request.query.split("&"))
             file = open(self.file_path, "rb")
+            self.opened.append(file)
             return Response(200, [], FileBody(file, int(params["offset"]), int(params["count"])))
         if request.path == "/held":
             deadline = time.monotonic() + float(request.query or 3)
@@ -77,7 +80,7 @@ def make_server():
     def start(app=None, **options):
         options.setdefault("idle_timeout", 2)
         server = HTTPServer(("127.0.0.1", 0), app or EchoApp(), **options)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
         thread.start()
         servers.append((server, thread))
         return server
@@ -494,6 +497,14 @@ def test_malformed_heads_are_400_and_close(client, app, head):
     assert app.requests == []
 
 
+def test_transport_errors_on_head_have_no_body(client):
+    c = client()
+    c.send(b"HEAD / HTTP/1.1\r\n" + many_headers(101) + b"\r\n")
+    status, headers, _ = c.response(head_request=True)
+    assert status == 431 and int(headers["content-length"]) > 0
+    assert c.is_closed()
+
+
 @pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/1.2", b"HTTP/0.9"])
 def test_other_http_versions_are_505(client, version):
     c = client()
@@ -593,6 +604,30 @@ def test_connection_beyond_max_connections_gets_503_at_once(make_server, client)
     assert second.response()[0] == 200
 
 
+def test_refusals_are_logged_at_most_once_a_second(make_server, client, caplog):
+    caplog.set_level(logging.INFO)
+    server = make_server(max_connections=1)
+    holder = client(server)
+    holder.send(get("/"))
+    holder.response()
+    for _ in range(5):
+        assert client(server).response()[0] == 503
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelno == logging.WARNING
+
+
+def test_server_close_ends_idle_connections_at_once(make_server, client):
+    server = make_server(idle_timeout=10)
+    c = client(server)
+    c.send(get("/"))
+    assert c.response()[0] == 200
+    server.shutdown()
+    started = time.monotonic()
+    server.server_close()
+    assert c.is_closed(within=2)
+    assert time.monotonic() - started < 0.5
+
+
 def test_a_freed_connection_slot_is_reused(make_server, client):
     server = make_server(max_connections=1)
     first = client(server)
@@ -629,6 +664,17 @@ def test_file_bodies_deliver_exact_bytes(client, recording, offset, count):
     assert body == recording[offset : offset + count]
     c.send(get("/after"))
     assert json.loads(c.response()[2])["path"] == "/after"
+
+
+@pytest.mark.parametrize("method,count", [("HEAD", 10), ("GET", 0), ("GET", 10)])
+def test_the_transport_closes_response_files(client, app, recording, method, count):
+    c = client()
+    c.send(f"{method} /file?offset=0&count={count} HTTP/1.1\r\n\r\n".encode())
+    c.response(head_request=method == "HEAD")
+    deadline = time.monotonic() + 2
+    while not app.opened[0].closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert app.opened[0].closed
 
 
 def test_file_bodies_fall_back_to_copying_when_sendfile_fails(client, recording, monkeypatch):
@@ -706,7 +752,7 @@ def test_client_reset_mid_answer_costs_one_line_and_no_traceback(client, caplog,
     while time.monotonic() < deadline and not any("disconnected" in r.getMessage() for r in caplog.records):
         time.sleep(0.02)
     lines = [r for r in caplog.records if r.name == "recsvc.httpcore"]
-    assert len(lines) == 1 and "disconnected" in lines[0].getMessage()
+    assert len(lines) == 1 and "disconnected during GET /big" in lines[0].getMessage()
     assert lines[0].levelno in (logging.INFO, logging.WARNING) and not lines[0].exc_info
     assert "Traceback" not in capsys.readouterr().err
 
@@ -760,7 +806,74 @@ def test_json_error_shape():
     assert json.loads(response.body) == {"error": "call_not_found", "message": "No such call.", "call_sid": "CA1"}
 
 
+def test_a_stock_http_client_keeps_one_connection(server):
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=3)
+    try:
+        connection.request("PUT", "/x", body=b"a" * 3000)
+        response = connection.getresponse()
+        assert json.loads(response.read())["body"] == "a" * 3000
+        connection.request("HEAD", "/")
+        response = connection.getresponse()
+        assert response.status == 200 and response.read() == b""
+        sock = connection.sock
+        connection.request("GET", "/again")
+        assert json.loads(connection.getresponse().read())["path"] == "/again"
+        assert connection.sock is sock
+    finally:
+        connection.close()
+
+
+# ---------------------------------------------------------------- rendering (no socket)
+
+
+def test_render_keeps_app_date_and_server_and_drops_app_connection():
+    response = Response(200, [("Server", "other"), ("Date", "x"), ("Connection", "keep-alive")], b"hi")
+    head, body, keep_alive = httpcore.render_response(response, "GET", "HTTP/1.1", True)
+    text = head.decode()
+    assert text.count("Server:") == 1 and "Server: other" in text and text.count("Date:") == 1
+    assert "Connection" not in text and keep_alive and body == b"hi"
+    assert text.startswith("HTTP/1.1 200 OK\r\n") and text.endswith("\r\n\r\n")
+
+
+def test_render_honours_an_app_connection_close():
+    response = Response(200, [("Connection", "close")], b"")
+    head, _, keep_alive = httpcore.render_response(response, "GET", "HTTP/1.1", True)
+    assert not keep_alive and head.decode().count("Connection: close") == 1
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param(Response(199), id="interim-status"),
+        pytest.param(Response(200, [("Bad Name", "v")]), id="header-name-not-token"),
+        pytest.param(Response(200, [("X", "\u20ac")]), id="value-not-latin1"),
+        pytest.param(Response(200, [("Transfer-Encoding", "chunked")]), id="transfer-encoding"),
+        pytest.param(Response(200, [("Content-Length", "1"), ("Content-Length", "1")], b"x"), id="two-lengths"),
+        pytest.param(Response(200, body="text"), id="str-body"),
+    ],
+)
+def test_render_refuses_responses_it_cannot_send_truthfully(response):
+    with pytest.raises((ValueError, TypeError)):
+        httpcore.render_response(response, "GET", "HTTP/1.1", True)
+
+
 # ---------------------------------------------------------------- socket options
+
+
+def test_serves_ipv6_loopback():
+    try:
+        server = HTTPServer(("::1", 0), EchoApp())
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=3) as sock:
+            sock.sendall(get("/v6"))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_server_socket_options():
