@@ -490,12 +490,12 @@ def test_network_error_and_503_are_retried_with_backoff_of_one_then_two_seconds(
 def test_wait_rules_clamp_retry_after_and_cap_backoff(browser, backend):
     with browser.open(f"{backend.base_url}/player?call_sid=none") as page:
         rules = page.evaluate("""import("/player.js").then((m) => ({
-            retry_after: ["0", "1", "2", "10", "60", "", "soon", null].map((v) => m.retryAfterSeconds(v)),
+            retry_after: ["0", "1", "2", "2.5", "10", "60", "", "soon", null].map((v) => m.retryAfterSeconds(v)),
             backoff: [1, 2, 3, 4, 5, 9].map(m.backoffSeconds),
             prefer_wait: [180000, 179999, 2500, 999, 0, -5].map(m.preferWaitSeconds),
             outcomes: [200, 206, 202, 404, 500, 400, 401, 403, 502, 503, 504].map(m.outcomeForStatus),
         }))""")
-    assert rules["retry_after"] == [1, 1, 2, 10, 10, 1, 1, 1]
+    assert rules["retry_after"] == [1, 1, 2, 2.5, 10, 10, 1, 1, 1]
     assert rules["backoff"] == [1, 2, 4, 8, 8, 8]
     assert rules["prefer_wait"] == [180, 179, 2, 0, 0, 0]
     assert rules["outcomes"] == ["ready", "ready", "processing", "not_found", "worker_offline",

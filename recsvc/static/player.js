@@ -72,7 +72,7 @@ function joinSentence(head, detail) {
 export function retryAfterSeconds(headerValue, nowMs = Date.now()) {
   let seconds = NaN;
   const text = (headerValue ?? "").trim();
-  if (/^\d+$/.test(text)) {
+  if (/^\d+(\.\d+)?$/.test(text)) {
     seconds = Number(text);
   } else if (text) {
     // RFC 9110 also allows an HTTP date; recsvc sends seconds (CONTRACT 1).
@@ -119,9 +119,8 @@ export function mountPlayer(element, options = {}) {
     baseUrl = "", callSid, token, link, fetchImpl = fetch, onState,
   } = options;
   const lang = options.lang === "he" ? "he" : "en";
-  const maxWaitSeconds = Number(options.maxWait ?? DEFAULT_MAX_WAIT_SECONDS) > 0
-    ? Number(options.maxWait ?? DEFAULT_MAX_WAIT_SECONDS) : DEFAULT_MAX_WAIT_SECONDS;
-  const maxWaitMs = maxWaitSeconds * 1000;
+  const askedMaxWait = Number(options.maxWait ?? DEFAULT_MAX_WAIT_SECONDS);
+  const maxWaitMs = (askedMaxWait > 0 ? askedMaxWait : DEFAULT_MAX_WAIT_SECONDS) * 1000;
   const base = String(baseUrl).replace(/\/+$/, "");
   const startedMs = performance.now();
 
