@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import logging
 import time
 import urllib.parse
@@ -31,12 +32,14 @@ from .static_files import PAGES, StaticFiles
 from .service import PlayResult, RecordingService, retry_after_for, valid_call_sid
 from .settings import Settings
 from .store import StoreBusy
+from .twilio import parse_recording_status, validate_signature
 from .upstream import UrlNotAllowed
 from .waiters import JobWaiters
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 
 
 class ApiError(Exception):
@@ -307,6 +310,58 @@ class Api:
             raise ApiError(400, "invalid_body", "name must be a non-empty string of at most 200 characters.")
         business_id, token = self.service.create_business(name.strip())
         return json_response(201, {"id": business_id, "name": name.strip(), "token": token})
+
+    def register_twilio(self, request: Request, business_id: str) -> Response:
+        self._admin(request)
+        if not business_id.isdigit():
+            raise ApiError(400, "invalid_business_id", "business_id must be a whole number.")
+        payload = read_json_object(request)
+        account_sid, auth_token = payload.get("account_sid"), payload.get("auth_token")
+        media_format = payload.get("media_format", "wav")
+        if not isinstance(account_sid, str) or not TWILIO_ACCOUNT_SID.fullmatch(account_sid):
+            raise ApiError(400, "invalid_body", "account_sid must be a Twilio account SID (AC followed by 32 hex digits).")
+        if not isinstance(auth_token, str) or not 8 <= len(auth_token) <= 256:
+            raise ApiError(400, "invalid_body", "auth_token must be a string of 8 to 256 characters.")
+        if media_format not in ("wav", "mp3"):
+            raise ApiError(400, "invalid_body", "media_format must be wav or mp3.")
+        if not self.service.register_twilio(int(business_id), account_sid, auth_token, media_format):
+            raise ApiError(404, "business_not_found", "No such business.")
+        return json_response(200, {"business_id": int(business_id), "account_sid": account_sid,
+                                   "media_format": media_format})
+
+    def twilio_recording_status(self, request: Request) -> Response:
+        """Twilio's recording-status callback, accepted only with a valid X-Twilio-Signature."""
+        try:
+            fields = urllib.parse.parse_qsl(request.body.decode("utf-8"), keep_blank_values=True,
+                                            max_num_fields=100, strict_parsing=bool(request.body))
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "invalid_body", "The body must be form-encoded.") from None
+        form = dict(fields)
+        account = self.service.twilio_account(form.get("AccountSid", ""))
+        signature = request.header("x-twilio-signature")
+        if account is None or not any(validate_signature(url, fields, signature, account.auth_token)
+                                      for url in self._request_urls(request)):
+            raise ApiError(403, "invalid_signature", "The request is not signed by a registered Twilio account.")
+        try:
+            status = parse_recording_status(form)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_body", f"{exc}.") from None
+        if not valid_call_sid(status.call_sid):
+            raise ApiError(400, "invalid_call_sid", "CallSid must be 1 to 64 letters, digits, '_' or '-'.")
+        try:
+            created, view = self.service.twilio_recording_status(account, status)
+        except UrlNotAllowed as exc:
+            raise ApiError(422, "recording_url_not_allowed", f"{exc}.") from None
+        return json_response(201 if created else 200, view)
+
+    @staticmethod
+    def _request_urls(request: Request) -> list[str]:
+        """The URL Twilio requested, as far as this server can tell: the Host header and
+        target, over https (behind a proxy) and over the scheme a proxy names, or plain http."""
+        host = request.header("host") or ""
+        forwarded = (request.header("x-forwarded-proto") or "").split(",")[0].strip().lower()
+        schemes = dict.fromkeys([s for s in (forwarded, "https", "http") if s in ("http", "https")])
+        return [f"{scheme}://{host}{request.target}" for scheme in schemes]
 
     def pause_workers(self, request: Request) -> Response:
         self._admin(request)

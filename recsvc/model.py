@@ -92,3 +92,19 @@ class Recording:
     sha256: str
     content_type: str
     stored_at: float
+
+
+# calls.credentials: the media of this call is fetched with its business's Twilio account.
+TWILIO_CREDENTIALS = "twilio"
+
+
+@dataclass(frozen=True)
+class TwilioAccount:
+    """A business's Twilio account: verifies its webhooks and fetches its media."""
+    account_sid: str
+    business_id: int
+    auth_token: str
+    media_format: str  # wav | mp3: the suffix asked of Twilio's media URL
+
+    def __repr__(self) -> str:  # the auth token never reaches a log
+        return f"TwilioAccount(account_sid={self.account_sid!r}, business_id={self.business_id})"

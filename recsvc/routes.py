@@ -36,6 +36,8 @@ ROUTES: tuple[Route, ...] = (
     make_route("recording_link", "/api/recordings/{call_sid}/link", post="create_link"),
     make_route("call", "/api/calls/{call_sid}", get="get_call", put="put_call"),
     make_route("admin_businesses", "/admin/businesses", post="create_business"),
+    make_route("admin_business_twilio", "/admin/businesses/{business_id}/twilio", put="register_twilio"),
+    make_route("twilio_recording_status", "/webhooks/twilio/recording-status", post="twilio_recording_status"),
     make_route("admin_pause", "/admin/workers/pause", post="pause_workers"),
     make_route("admin_resume", "/admin/workers/resume", post="resume_workers"),
     make_route("admin_cleanup", "/admin/cleanup", post="cleanup"),

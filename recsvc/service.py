@@ -33,9 +33,10 @@ from .decision import (
 )
 from .files import RecordingFiles
 from .metrics import Metrics
-from .model import STUCK, SUPERSEDED, Call, Job, Recording
+from .model import STUCK, SUPERSEDED, TWILIO_CREDENTIALS, Call, Job, Recording, TwilioAccount
 from .settings import Settings
 from .store import Store, Tx
+from .twilio import RecordingStatus, media_url
 from .upstream import check_recording_url
 
 log = logging.getLogger(__name__)
@@ -237,25 +238,37 @@ class RecordingService:
 
     def put_call(self, business_id: int, call_sid: str, recording_url: str | None) -> tuple[bool, dict]:
         """Create or update a call; True when created. Raises UrlNotAllowed."""
+        return self._store_call(business_id, call_sid, recording_url, credentials=None, queue_now=False)
+
+    def _store_call(self, business_id: int, call_sid: str, recording_url: str | None, *,
+                    credentials: str | None, queue_now: bool) -> tuple[bool, dict]:
+        """Upsert a call. A new URL supersedes active jobs, drops the cached file and the
+        retry counter (CONTRACT 6); ``queue_now`` queues its download at once (webhooks)."""
         if recording_url is not None:
             check_recording_url(recording_url, self.settings.allow_upstream)
         dropped: Recording | None = None
-        url_changed = False
+        url_changed = queued = False
         with self.store.writing() as tx:
             now = self.clock()
             call = tx.get_call(business_id, call_sid)
             created = call is None
             if created:
-                tx.insert_call(business_id, call_sid, recording_url, now)
+                tx.insert_call(business_id, call_sid, recording_url, credentials, now)
             elif call.recording_url != recording_url:
                 url_changed = True
-                tx.update_call_url(business_id, call_sid, recording_url, now)
+                tx.update_call_url(business_id, call_sid, recording_url, credentials, now)
                 for job in tx.active_jobs_of_call(business_id, call_sid):
                     tx.fail_job(job.id, job.status, SUPERSEDED, "the call was given a new recording_url", now)
                 dropped = tx.get_recording(business_id, call_sid)
                 if dropped is not None:
                     tx.delete_recording(business_id, call_sid)
+            if queue_now and recording_url and not tx.active_jobs_of_call(business_id, call_sid) \
+                    and tx.latest_job_for_url(business_id, call_sid, recording_url) is None:
+                tx.insert_job(business_id, call_sid, recording_url, 0, now)
+                queued = True
             view = self._call_view(tx, business_id, call_sid)
+        if queued:
+            self.on_job_queued()
         if dropped is not None:
             self.files.remove(dropped.path)
         if url_changed:  # a new URL starts a fresh history (CONTRACT 6)
@@ -282,6 +295,29 @@ class RecordingService:
             "cached": recording is not None,
             "latest_job": latest.to_json() if latest else None,
         }
+
+    # ------------------------------------------------------------ Twilio
+
+    def register_twilio(self, business_id: int, account_sid: str, auth_token: str, media_format: str) -> bool:
+        """Store a business's Twilio account; False when there is no such business."""
+        with self.store.writing() as tx:
+            if not tx.business_exists(business_id):
+                return False
+            tx.upsert_twilio_account(account_sid, business_id, auth_token, media_format)
+        return True
+
+    def twilio_account(self, account_sid: str) -> TwilioAccount | None:
+        with self.store.reading() as tx:
+            return tx.twilio_account_by_sid(account_sid)
+
+    def twilio_recording_status(self, account: TwilioAccount, status: RecordingStatus) -> tuple[bool, dict]:
+        """A verified recording-status callback: completed -> the call gets Twilio's media URL
+        and its download is queued at once; anything else -> the call has no recording URL."""
+        url = None
+        if status.status == "completed" and status.recording_url:
+            url = media_url(status.recording_url, account.media_format)
+        return self._store_call(account.business_id, status.call_sid, url,
+                                credentials=TWILIO_CREDENTIALS if url else None, queue_now=True)
 
     # ------------------------------------------------------------ admin (CONTRACT 6)
 

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Iterator
 
-from .model import COMPLETED, FAILED, QUEUED, RUNNING, Call, Job, Recording
+from .model import COMPLETED, FAILED, QUEUED, RUNNING, Call, Job, Recording, TwilioAccount
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO control (id, workers_paused) VALUES (1, 0);
     """,
+    # 1 -> 2: Twilio accounts, and calls whose media needs the account's credentials.
+    """
+    CREATE TABLE twilio_accounts (
+        account_sid TEXT PRIMARY KEY,
+        business_id INTEGER NOT NULL UNIQUE REFERENCES businesses(id),
+        auth_token TEXT NOT NULL,
+        media_format TEXT NOT NULL DEFAULT 'wav' CHECK (media_format IN ('wav', 'mp3'))
+    ) WITHOUT ROWID;
+    ALTER TABLE calls ADD COLUMN credentials TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -122,9 +132,19 @@ SQL = {
     "get_call": "SELECT business_id, call_sid, recording_url, created_at FROM calls "
                 "WHERE business_id = ? AND call_sid = ?",
     "businesses_with_call": "SELECT business_id FROM calls WHERE call_sid = ?",
-    "insert_call": "INSERT INTO calls (business_id, call_sid, recording_url, created_at, updated_at) "
-                   "VALUES (?, ?, ?, ?, ?)",
-    "update_call_url": "UPDATE calls SET recording_url = ?, updated_at = ? WHERE business_id = ? AND call_sid = ?",
+    "upsert_twilio_account": "INSERT INTO twilio_accounts (account_sid, business_id, auth_token, media_format) "
+                             "VALUES (?, ?, ?, ?) ON CONFLICT (business_id) DO UPDATE SET "
+                             "account_sid = excluded.account_sid, auth_token = excluded.auth_token, "
+                             "media_format = excluded.media_format",
+    "twilio_account_by_sid": "SELECT account_sid, business_id, auth_token, media_format FROM twilio_accounts "
+                             "WHERE account_sid = ?",
+    "twilio_account_of_business": "SELECT account_sid, business_id, auth_token, media_format FROM twilio_accounts "
+                                  "WHERE business_id = ?",
+    "call_credentials": "SELECT credentials FROM calls WHERE business_id = ? AND call_sid = ?",
+    "insert_call": "INSERT INTO calls (business_id, call_sid, recording_url, credentials, created_at, updated_at) "
+                   "VALUES (?, ?, ?, ?, ?, ?)",
+    "update_call_url": "UPDATE calls SET recording_url = ?, credentials = ?, updated_at = ? "
+                       "WHERE business_id = ? AND call_sid = ?",
     # jobs
     "latest_job_for_url": f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} "
                           "WHERE j.business_id = ? AND j.call_sid = ? AND j.recording_url = ? "
@@ -241,11 +261,28 @@ class Tx:
     def businesses_with_call(self, call_sid: str) -> list[int]:
         return [row[0] for row in self._all("businesses_with_call", call_sid)]
 
-    def insert_call(self, business_id: int, call_sid: str, url: str | None, now: float) -> None:
-        self._run("insert_call", business_id, call_sid, url, now, now)
+    def upsert_twilio_account(self, account_sid: str, business_id: int, auth_token: str, media_format: str) -> None:
+        self._run("upsert_twilio_account", account_sid, business_id, auth_token, media_format)
 
-    def update_call_url(self, business_id: int, call_sid: str, url: str | None, now: float) -> None:
-        self._run("update_call_url", url, now, business_id, call_sid)
+    def twilio_account_by_sid(self, account_sid: str) -> TwilioAccount | None:
+        row = self._one("twilio_account_by_sid", account_sid)
+        return TwilioAccount(*row) if row else None
+
+    def twilio_account_of_business(self, business_id: int) -> TwilioAccount | None:
+        row = self._one("twilio_account_of_business", business_id)
+        return TwilioAccount(*row) if row else None
+
+    def call_credentials(self, business_id: int, call_sid: str) -> str | None:
+        row = self._one("call_credentials", business_id, call_sid)
+        return row[0] if row else None
+
+    def insert_call(self, business_id: int, call_sid: str, url: str | None, credentials: str | None,
+                    now: float) -> None:
+        self._run("insert_call", business_id, call_sid, url, credentials, now, now)
+
+    def update_call_url(self, business_id: int, call_sid: str, url: str | None, credentials: str | None,
+                        now: float) -> None:
+        self._run("update_call_url", url, credentials, now, business_id, call_sid)
 
     # jobs
     def latest_job_for_url(self, business_id: int, call_sid: str, url: str) -> Job | None:

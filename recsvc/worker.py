@@ -25,6 +25,7 @@ this host that no longer exists are failed ``orphaned`` and replaced in place.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
@@ -36,7 +37,7 @@ from .clock import Clock
 from .files import HOSTNAME, RecordingFiles, process_alive
 from .media import AUDIO_TYPES
 from .metrics import Metrics
-from .model import ORPHANED, STORAGE_ERROR, Job, Recording
+from .model import ORPHANED, STORAGE_ERROR, TWILIO_CREDENTIALS, Job, Recording
 from .store import Store
 from .upstream import Downloader, DownloadFailed
 
@@ -220,7 +221,7 @@ class WorkerPool:
         temp = temp_path = None
         try:
             temp, temp_path = self.files.create_temp(job.business_id)
-            got = self.downloader.download(job.recording_url, temp)
+            got = self.downloader.download(job.recording_url, temp, self._credentials(job))
             if self._publish(job, temp, temp_path, got):
                 temp_path = None
         except DownloadFailed as exc:
@@ -235,6 +236,18 @@ class WorkerPool:
             self.metrics.observe_job_duration(time.monotonic() - started)
             if self.on_job_done is not None:
                 self.on_job_done(job)
+
+    def _credentials(self, job: Job) -> dict[str, str]:
+        """Headers that authenticate the download: HTTP Basic with the business's Twilio account
+        for calls stored by its webhook. The downloader never forwards them to another host."""
+        with self.store.reading() as tx:
+            if tx.call_credentials(job.business_id, job.call_sid) != TWILIO_CREDENTIALS:
+                return {}
+            account = tx.twilio_account_of_business(job.business_id)
+        if account is None:
+            return {}
+        pair = f"{account.account_sid}:{account.auth_token}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
 
     def _publish(self, job: Job, temp, temp_path: str, got) -> bool:
         """Rename the file into place and record it; False when the job is no longer ours."""
