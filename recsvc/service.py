@@ -80,6 +80,8 @@ class RecordingService:
         self.metrics = metrics
         self.on_job_queued = on_job_queued
         self.on_job_ended = on_job_ended
+        self._counter_state_lock = threading.Lock()  # guards _counter_failing
+        self._counter_failing = False
         self._known_tokens_lock = threading.Lock()  # guards _known_tokens
         self._known_tokens: dict[str, int] = {}
 
@@ -205,13 +207,31 @@ class RecordingService:
         log.warning("[STUCK] job=%d call_sid=%s reason=%s", job.id, job.call_sid, reason)
         return True
 
+    def _counter_failed(self, exc: Exception, consequence: str) -> None:
+        """Fail open (CONTRACT 3) with one warning per outage, not one per request."""
+        with self._counter_state_lock:
+            first = not self._counter_failing
+            self._counter_failing = True
+        if first:
+            log.warning("retry counter unavailable (%s); %s, and failing open until it answers", exc, consequence)
+        else:
+            log.debug("retry counter still unavailable (%s); %s", exc, consequence)
+
+    def _counter_answered(self) -> None:
+        if self._counter_failing:
+            with self._counter_state_lock:
+                recovered, self._counter_failing = self._counter_failing, False
+            if recovered:
+                log.info("retry counter answers again")
+
     def _retry(self, tx: Tx, call: Call, outcome: RetryNeeded, now: float) -> PlayResult:
         key = retry_key(call.business_id, call.call_sid)
         try:
             attempts = self.counter.get(key) or 0
             ttl = self.counter.ttl(key) if attempts >= self.settings.max_retry_attempts else None
+            self._counter_answered()
         except CounterError as exc:
-            log.warning("retry counter unavailable (%s); allowing the retry", exc)
+            self._counter_failed(exc, "allowing the retry")
             attempts, ttl = None, None
         verdict = decide_retry(attempts, ttl, outcome.last_failure, self.settings)
         if isinstance(verdict, RetryRefused):
@@ -225,8 +245,9 @@ class RecordingService:
             return PlayResult(verdict, job=outcome.last_job, attempt=verdict.attempts)
         try:
             attempt = self.counter.incr_and_expire(key, self.settings.retry_window)
+            self._counter_answered()
         except CounterError as exc:
-            log.warning("retry counter unavailable (%s); allowing the retry", exc)
+            self._counter_failed(exc, "allowing the retry")
             attempt = outcome.last_job.attempt + 1
         job = self._insert_job(tx, call, attempt, now)
         self.metrics.retry()
@@ -275,7 +296,7 @@ class RecordingService:
             try:
                 self.counter.delete(retry_key(business_id, call_sid))
             except CounterError as exc:
-                log.warning("retry counter unavailable (%s); key of call_sid=%s not deleted", exc, call_sid)
+                self._counter_failed(exc, f"the retry count of call_sid={call_sid} was not reset")
         return created, view
 
     def get_call(self, business_id: int, call_sid: str) -> dict | None:

@@ -178,11 +178,23 @@ def wait_listening(proc: subprocess.Popen, timeout: float = 10) -> str:
             break
         lines.append(line)
         if line.startswith("recsvc listening on "):
-            threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
+            proc.log_lines = lines  # kept growing by the drain thread, for tests that read the log
+            threading.Thread(target=_drain, args=(proc.stderr, lines), daemon=True).start()
             return line.strip().removeprefix("recsvc listening on ")
     raise AssertionError("recsvc did not start listening:\n" + "".join(lines))
 
 
-def _drain(stream) -> None:
-    for _ in iter(stream.readline, b""):
-        pass
+def _drain(stream, lines: list[str]) -> None:
+    for raw in iter(stream.readline, b""):
+        lines.append(raw.decode(errors="replace"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With RECSVC_REQUIRE_EXTERNAL=1 (CI), a test skipped because Chromium or redis-server
+    is missing fails instead: CI installs them, so such a skip means a broken set-up."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("RECSVC_REQUIRE_EXTERNAL") == "1" and report.skipped and "is not installed" in str(report.longrepr):
+        report.outcome = "failed"
+        report.longrepr = f"required program missing in CI: {report.longrepr}"
