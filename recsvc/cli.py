@@ -58,6 +58,9 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
     except SettingsError as exc:
         print(f"recsvc: error: {exc}", file=sys.stderr)
         return 2
+    if not http and settings.workers == 0:
+        print("recsvc: error: --workers must be at least 1 for the worker command, got '0'", file=sys.stderr)
+        return 2
     configure_logging()
     try:
         app = App(settings).start(http=http)
@@ -67,8 +70,7 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
     if http:
         print(f"recsvc listening on {app.base_url}", file=sys.stderr, flush=True)
     else:
-        print(f"recsvc worker {app.pool.worker_id if app.pool else '(no threads)'} running on "
-              f"{settings.data_dir}", file=sys.stderr, flush=True)
+        print(f"recsvc worker {app.pool.worker_id} running on {settings.data_dir}", file=sys.stderr, flush=True)
     _wait_for_signal()
     log.info("stopping: waiting up to %gs for downloads in flight", settings.shutdown_grace)
     finished = app.stop()
