@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -258,3 +260,70 @@ def test_leftover_temporary_files_of_dead_writers_are_removed_and_others_kept(st
     assert os.path.exists(live), "a live writer's temporary file was removed under it"
     assert os.path.exists(foreign), "another host's writer cannot be judged from here"
     assert os.path.exists(published)
+
+
+# ---------------------------------------------------------------- an upstream that dies mid-transfer (invariant 4)
+
+def test_an_upstream_that_closes_before_its_content_length_is_never_published(make_harness, upstream):
+    h = make_harness(workers=1)
+    token = h.business()
+    body = sized_wav(100_000)
+    h.put_call(token, "CA-CUT", upstream.set("/cut.wav", body=body[:40_000],
+                                             headers={"Content-Length": str(len(body))}))
+    assert h.play(token, "CA-CUT").status == 202
+    job = h.wait_for_job("CA-CUT")
+    assert (job["status"], job["error_code"]) == ("failed", "download_failed"), "a cut download counted as whole"
+    assert upstream.hits("/cut.wav") == 3, "a connection error is tried 3 times in all"
+    with h.app.store.reading() as tx:
+        assert tx.get_recording(1, "CA-CUT") is None
+
+    upstream.set("/cut.wav", body=body)
+    assert h.play(token, "CA-CUT").status == 202  # row 10b
+    assert h.wait_for_job("CA-CUT")["status"] == "completed"
+    assert h.play(token, "CA-CUT").body == body
+
+
+def test_a_chunked_upstream_that_closes_before_its_last_chunk_fails_the_job_download_failed(make_harness, upstream):
+    h = make_harness(workers=1)
+    token = h.business()
+    body = sized_wav(60_000)
+    cut = b"%x\r\n" % 30_000 + body[:30_000] + b"\r\n"  # one chunk, then the connection closes: no last chunk
+    h.put_call(token, "CA-CHUNK", upstream.set("/chunk.wav", body=cut, headers={"Transfer-Encoding": "chunked"}))
+    assert h.play(token, "CA-CHUNK").status == 202
+    job = h.wait_for_job("CA-CHUNK", timeout=5)
+    assert (job["status"], job["error_code"]) == ("failed", "download_failed"), "the job was left running"
+    assert upstream.hits("/chunk.wav") == 3
+    assert temp_files_of(h) == []
+
+
+def test_an_upstream_answering_no_http_fails_the_job_download_failed(make_harness):
+    listener = socket.create_server(("127.0.0.1", 0))
+    hits = []
+
+    def answer_garbage():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                hits.append(1)
+                conn.sendall(b"this is not HTTP\r\n\r\n")
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    try:
+        h = make_harness(workers=1)
+        token = h.business()
+        h.put_call(token, "CA-JUNK", f"http://127.0.0.1:{listener.getsockname()[1]}/junk.wav")
+        assert h.play(token, "CA-JUNK").status == 202
+        job = h.wait_for_job("CA-JUNK", timeout=5)
+        assert (job["status"], job["error_code"]) == ("failed", "download_failed"), "the job was left running"
+        assert len(hits) == 3
+        assert temp_files_of(h) == []
+    finally:
+        listener.close()
+
+
+def temp_files_of(h) -> list[str]:
+    return [n for _f, _d, names in os.walk(h.app.files.root) for n in names if n.endswith(TEMP_SUFFIX)]
