@@ -181,3 +181,31 @@ def test_sigterm_past_the_grace_exits_0_and_the_next_start_replaces_the_unfinish
     assert f":{replacement_worker.pid}:" in client.jobs("CA-LONG")[0]["worker_id"]
     counter = client.admin("GET", f"/admin/retry-counters/1/CA-LONG").json
     assert counter["attempts"] == 0, "orphans do not count as retries"
+
+
+def test_a_worker_process_killed_mid_download_is_noticed_at_once_and_the_next_worker_replaces_its_job(
+        processes, data_dir, upstream):
+    body = sized_wav(400_000)          # about 2.4 s at 100 ms a chunk
+    url = upstream.set("/killed.wav", body=body, chunk_delay=0.1)
+    client = start_serve(processes, data_dir)
+    token = client.business()
+    worker = start_worker(processes, data_dir)
+    client.put_call(token, "CA-KILLED", url)
+    assert client.play(token, "CA-KILLED").status == 202
+    assert upstream.wait_for_hits("/killed.wav", 1, timeout=5)
+    (running,) = client.jobs("CA-KILLED")
+    worker.kill9()
+
+    time.sleep(0.7)  # past 3 heartbeats of 0.2 s
+    answer = client.play(token, "CA-KILLED")
+    assert answer.status == 500 and answer.json["reason"] == "no live worker", "invariant 7: told at once"
+    assert [job["id"] for job in client.jobs("CA-KILLED")] == [running["id"]], "row 7 adds no job beside an active one"
+
+    upstream.set("/killed.wav", body=body)
+    start_worker(processes, data_dir)
+    orphan = next(job for job in client.jobs("CA-KILLED") if job["id"] == running["id"])
+    assert (orphan["status"], orphan["error_code"], orphan["error_message"]) == ("failed", "orphaned",
+                                                                                 "worker restarted")
+    played = client.play_until(token, "CA-KILLED", 200)
+    assert played.body == body
+    assert not any(f".{worker.pid}." in os.path.basename(p) for p in part_files(data_dir))
