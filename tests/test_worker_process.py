@@ -209,3 +209,26 @@ def test_a_worker_process_killed_mid_download_is_noticed_at_once_and_the_next_wo
     played = client.play_until(token, "CA-KILLED", 200)
     assert played.body == body
     assert not any(f".{worker.pid}." in os.path.basename(p) for p in part_files(data_dir))
+
+
+def test_sigterm_on_serve_stops_accepting_lets_its_download_finish_and_exits_0(processes, data_dir, upstream):
+    body = sized_wav(300_000)          # about 1.1 s
+    url = upstream.set("/serve-slow.wav", body=body, chunk_delay=0.06)
+    serve = processes.start("serve", data_dir, *SERVE_ARGS, "--workers", "1", "--heartbeat-interval", HEARTBEAT,
+                            "--shutdown-grace", "8")
+    client = Client(serve.base_url())
+    token = client.business()
+    client.put_call(token, "CA-SERVE", url)
+    assert client.play(token, "CA-SERVE").status == 202
+    assert upstream.wait_for_hits("/serve-slow.wav", 1, timeout=5)
+
+    serve.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert serve.proc.poll() is None, "serve exited before its download in flight finished"
+    with pytest.raises(OSError):
+        client.request("GET", "/healthz", timeout=2)
+    assert serve.wait(timeout=10) == 0
+
+    ((status, error_code),) = read_db(data_dir, "SELECT status, error_code FROM jobs WHERE call_sid = 'CA-SERVE'")
+    assert (status, error_code) == ("completed", None)
+    assert part_files(data_dir) == []
