@@ -179,7 +179,7 @@ def test_sigterm_past_the_grace_exits_0_and_the_next_start_replaces_the_unfinish
     played = client.play_until(token, "CA-LONG", 200)
     assert played.body == body
     assert f":{replacement_worker.pid}:" in client.jobs("CA-LONG")[0]["worker_id"]
-    counter = client.admin("GET", f"/admin/retry-counters/1/CA-LONG").json
+    counter = client.admin("GET", "/admin/retry-counters/1/CA-LONG").json
     assert counter["attempts"] == 0, "orphans do not count as retries"
 
 
