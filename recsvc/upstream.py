@@ -19,6 +19,7 @@ anything that is not audio fails with ``invalid_audio``.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import ipaddress
 import logging
 import socket
@@ -167,6 +168,8 @@ class Downloader:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise _Retryable(f"connection failed: {reason}") from None
+        except http.client.HTTPException as exc:  # not HTTP at all: a connection error (CONTRACT 4)
+            raise _Retryable(f"upstream answered no valid HTTP: {exc!r}") from None
         with response:
             limit = self.settings.max_recording_bytes
             length = response.headers.get("Content-Length")
@@ -184,7 +187,7 @@ class Downloader:
                     chunk = response.read1(CHUNK) if hasattr(response, "read1") else response.read(CHUNK)
                 except (socket.timeout, TimeoutError):
                     raise _Retryable(f"download took longer than {timeout:g}s") from None
-                except OSError as exc:
+                except (OSError, http.client.HTTPException) as exc:  # IncompleteRead: a cut chunked body
                     raise _Retryable(f"connection lost: {exc}") from None
                 if not chunk:
                     break
@@ -198,6 +201,9 @@ class Downloader:
                     dest.write(chunk)
                 except OSError as exc:
                     raise DownloadFailed(STORAGE_ERROR, f"could not write the recording: {exc.strerror or exc}") from None
+        if length and length.isdigit() and size != int(length):
+            # The connection closed early: a cut download is not a recording (CONTRACT 1, invariant 4).
+            raise _Retryable(f"connection closed after {size} of {length} bytes")
         content_type = sniff_content_type(head)
         if content_type is None:
             raise DownloadFailed(INVALID_AUDIO, "upstream answered something that is not audio "

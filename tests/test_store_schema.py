@@ -1,0 +1,97 @@
+"""The SQLite schema: its version, migrating once, and the one-active-job rule at the SQL level (invariant 1)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import pytest
+
+from recsvc.store import MIGRATIONS, Store
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return str(tmp_path / "recsvc.sqlite3")
+
+
+def test_a_new_database_is_at_the_version_of_the_last_migration(db_path):
+    store = Store(db_path)
+    try:
+        assert store.schema_version() == len(MIGRATIONS)
+    finally:
+        store.close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    conn.close()
+
+
+def test_opening_a_database_twice_migrates_it_once(db_path, caplog):
+    caplog.set_level(logging.INFO, logger="recsvc.store")
+    first = Store(db_path)
+    with first.writing() as tx:
+        tx.insert_business("acme", "hash-of-acme", T0)
+    second = Store(db_path)  # a second process on the same data dir
+    try:
+        migrated = [r for r in caplog.records if "migrated" in r.getMessage()]
+        assert len(migrated) == len(MIGRATIONS)
+        assert second.schema_version() == len(MIGRATIONS)
+        with second.reading() as tx:
+            assert tx.business_for_token("hash-of-acme") == 1, "the second open kept the data"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_database_newer_than_this_release_is_refused(db_path):
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        Store(db_path)
+
+
+def _job(conn, call_sid: str, status: str, business_id: int = 1) -> None:
+    conn.execute("INSERT INTO jobs (business_id, call_sid, recording_url, status, attempt, queue_seq, created_at) "
+                 "VALUES (?, ?, 'http://127.0.0.1:9/r.wav', ?, 0, 1, ?)", (business_id, call_sid, status, T0))
+
+
+@pytest.mark.parametrize("first,second", [
+    pytest.param("queued", "queued", id="two queued"),
+    pytest.param("queued", "running", id="queued and running"),
+    pytest.param("running", "running", id="two running"),
+])
+def test_the_database_itself_refuses_a_second_active_job_for_one_call(db_path, first, second):
+    Store(db_path).close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        _job(conn, "CA1", first)
+        with pytest.raises(sqlite3.IntegrityError):
+            _job(conn, "CA1", second)
+    finally:
+        conn.close()
+
+
+def test_finished_jobs_and_other_calls_do_not_count_against_the_one_active_job(db_path):
+    Store(db_path).close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        for status in ("failed", "completed", "failed", "queued"):
+            _job(conn, "CA1", status)
+        _job(conn, "CA2", "queued")
+        _job(conn, "CA1", "queued", business_id=2)  # the same call_sid of another business
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 6
+    finally:
+        conn.close()
+
+
+def test_a_status_outside_the_four_is_refused(db_path):
+    Store(db_path).close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            _job(conn, "CA1", "paused")
+    finally:
+        conn.close()
