@@ -14,35 +14,28 @@ import os
 import pytest
 from conftest import Harness, make_settings
 from contract_steps import (
-    JOB_TIMEOUT, PAST_JOB_TIMEOUT, cached_file, call_with_recording, jobs_of, new_business, play_until_cached,
-    retry_counter, shared_harness, wait_for_job, wait_until_running,
+    JOB_TIMEOUT, PAST_JOB_TIMEOUT, cached_file, call_with_recording, hanging, jobs_of, new_business,  # noqa: F401
+    play_until_cached, retry_counter, shared_harness, wait_for_job, wait_until_running,
 )
 
 from recsvc.app import App
 from recsvc.counter import CounterError
 from recsvc.demo_audio import sized_wav, tune_for
 
-HANG_SECONDS = 10
 RETRY_WINDOW = 600
 MAX_BYTES = 4000
 
 
 @pytest.fixture
-def hung_pool(make_harness, upstream):
-    """``hung_pool(**settings)``: a live pool of 4 download threads, enough for a first job and 3 retries to hang.
-
-    At the end the hung downloads are let go, so that stopping recsvc does
-    not wait out its grace period on them.
-    """
+def hung_pool(hanging):
+    """``hung_pool(**settings)``: a live pool of 4 download threads, enough for a first job and 3 retries to hang."""
     def build(**overrides) -> Harness:
-        settings = dict(workers=4, download_timeout=HANG_SECONDS, job_timeout=JOB_TIMEOUT,
-                        retry_window=RETRY_WINDOW, retry_after=3, recovery_retry_after=7)
+        settings = dict(workers=4, job_timeout=JOB_TIMEOUT, retry_window=RETRY_WINDOW, retry_after=3,
+                        recovery_retry_after=7)
         settings.update(overrides)
-        return make_harness(**settings)
+        return hanging(**settings)
 
-    yield build
-    upstream.hang_all = False
-    upstream.release()
+    return build
 
 
 def play_and_hang(h: Harness, business, call_sid: str, expected_attempt: int) -> dict:

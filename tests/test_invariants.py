@@ -13,21 +13,13 @@ from datetime import datetime, timezone
 
 import pytest
 from contract_steps import (
-    PAST_JOB_TIMEOUT, at_once, call_with_recording, jobs_of, new_business, play_until_cached, retry_counter,
-    shared_harness, wait_for_job, wait_until_running,
+    PAST_JOB_TIMEOUT, at_once, call_with_recording, hanging, jobs_of, new_business, play_until_cached,  # noqa: F401
+    retry_counter, shared_harness, wait_for_job, wait_until_running,
 )
 
 from recsvc.demo_audio import sized_wav, tune_for
 
-HANG_SECONDS = 10
 CONCURRENT = 50
-
-
-@pytest.fixture
-def hanging(make_harness, upstream):
-    """``hanging(**settings)``: recsvc whose scripted hangs are let go at the end, so stopping is quick."""
-    yield lambda **overrides: make_harness(**{"download_timeout": HANG_SECONDS, **overrides})
-    upstream.release()
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,13 @@ import os
 
 import pytest
 from contract_steps import (
-    cached_file, call_with_recording, jobs_of, new_business, play_until_cached, retry_counter, shared_harness,
-    wait_for_job, wait_until_running,
+    HANG_SECONDS, cached_file, call_with_recording, hanging, jobs_of, new_business, play_until_cached,  # noqa: F401
+    retry_counter, shared_harness, wait_for_job, wait_until_running,
 )
 
 from recsvc.demo_audio import tune_for
 
 PROCESSING_FIELDS = {"status", "job_id", "job_status", "attempt", "max_attempts", "retry_after", "message"}
-HANG_SECONDS = 10  # --download-timeout while a test holds a download hung; far longer than any test here
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +204,8 @@ def test_row_7_the_queued_job_runs_once_a_worker_is_back(make_harness):
 # ---------------------------------------------------------------- row 9
 
 
-def test_row_9_active_job_not_stuck_is_202_with_the_processing_body_and_retry_after(make_harness):
-    h = make_harness(retry_after=3, recovery_retry_after=7, download_timeout=HANG_SECONDS)
+def test_row_9_active_job_not_stuck_is_202_with_the_processing_body_and_retry_after(hanging):
+    h = hanging(retry_after=3, recovery_retry_after=7)
     acme = new_business(h)
     call_with_recording(h, acme, "CA9", hang=True)
     first = h.play(acme.token, "CA9")
@@ -228,8 +227,8 @@ def test_row_9_active_job_not_stuck_is_202_with_the_processing_body_and_retry_af
     assert len(jobs_of(h, acme, "CA9")) == 1
 
 
-def test_row_9_attempt_is_that_jobs_attempt_number_with_the_ordinary_retry_after(make_harness):
-    h = make_harness(retry_after=3, recovery_retry_after=7, download_timeout=HANG_SECONDS)
+def test_row_9_attempt_is_that_jobs_attempt_number_with_the_ordinary_retry_after(hanging):
+    h = hanging(retry_after=3, recovery_retry_after=7)
     h.app.downloader.backoff = 0.01  # three quick requests, then download_failed
     acme = new_business(h)
     call_with_recording(h, acme, "CA9", path="/flaky.wav", status=500, body=b"oops")
@@ -251,8 +250,8 @@ def test_row_9_attempt_is_that_jobs_attempt_number_with_the_ordinary_retry_after
 # ---------------------------------------------------------------- row 10a
 
 
-def test_row_10a_no_job_yet_is_202_attempt_0_creating_a_job_without_touching_the_counter(make_harness):
-    h = make_harness(retry_after=3, recovery_retry_after=7, download_timeout=HANG_SECONDS)
+def test_row_10a_no_job_yet_is_202_attempt_0_creating_a_job_without_touching_the_counter(hanging):
+    h = hanging(retry_after=3, recovery_retry_after=7)
     acme = new_business(h)
     call_with_recording(h, acme, "CA10", hang=True)
 
