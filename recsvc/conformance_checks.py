@@ -603,13 +603,13 @@ def _(t):
     token, sid = t.call("pending")
     started = time.monotonic()
     try:
-        t.client(token, max_wait=2).wait_for_recording(sid)
+        t.client(token, max_wait=1).wait_for_recording(sid)
     except RecordingTimeout:
         pass
     except Exception as stop:
         raise Fail(f"the player stopped with {getattr(stop, 'outcome', type(stop).__name__)}: {stop}") from None
     elapsed = time.monotonic() - started
-    expect(elapsed < 2 + 5, f"a player with max_wait 2 s took {elapsed:.1f}s")
+    expect(elapsed < 1 + 5, f"a player with max_wait 1 s took {elapsed:.1f}s")
 
 
 # ---------------------------------------------------------------- drills (with --admin-token)
