@@ -27,6 +27,7 @@ from .httpcore import FileBody, Request, Response, json_error
 from .links import LinkSigner
 from .media import Conditions, plan_response, strong_etag
 from .metrics import Metrics
+from .openapi import openapi_document
 from .routes import ROUTES, Matched, MethodNotAllowed, Route, match
 from .static_files import PAGES, StaticFiles
 from .service import PlayResult, RecordingService, retry_after_for, valid_call_sid
@@ -419,3 +420,5 @@ class Api:
         text = self.metrics.render(self.service.gauges())
         return Response(200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], text.encode())
 
+    def openapi_document(self, request: Request) -> Response:
+        return json_response(200, openapi_document())

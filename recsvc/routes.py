@@ -46,6 +46,7 @@ ROUTES: tuple[Route, ...] = (
     make_route("healthz", "/healthz", get="healthz"),
     make_route("readyz", "/readyz", get="readyz"),
     make_route("metrics", "/metrics", get="metrics_page"),
+    make_route("openapi", "/openapi.json", get="openapi_document"),
     make_route("index", "/", get="static_page"),
     make_route("player_page", "/player", get="static_page"),
     make_route("player_script", "/player.js", get="static_page"),

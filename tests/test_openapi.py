@@ -1,0 +1,123 @@
+"""The OpenAPI document describes exactly the surface recsvc serves, and every error code it can answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from recsvc import openapi
+from recsvc.decision import RECORDING_DOWNLOAD_FAILED, WORKER_NOT_PROCESSING_QUEUE
+from recsvc.openapi import ERROR_CODES, openapi_document, route_template
+from recsvc.routes import ROUTES
+
+
+
+SOURCE_DIR = os.path.dirname(os.path.abspath(openapi.__file__))
+# A status and a code as the first arguments of ApiError, json_error or RequestError.
+ERROR_CALL = re.compile(r"\b(?:ApiError|json_error|RequestError)\(\s*\d{3},\s*\"([a-z_]+)\"")
+
+
+def source_error_codes() -> set[str]:
+    codes = {WORKER_NOT_PROCESSING_QUEUE, RECORDING_DOWNLOAD_FAILED}  # decision.py names them as constants
+    for name in os.listdir(SOURCE_DIR):
+        if name.endswith(".py") and name != "openapi.py":
+            with open(os.path.join(SOURCE_DIR, name), encoding="utf-8") as source:
+                codes.update(ERROR_CALL.findall(source.read()))
+    return codes
+
+
+def all_refs(node) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [r for value in node.values() for r in all_refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in all_refs(value)]
+    return []
+
+
+@pytest.fixture(scope="module")
+def document() -> dict:
+    return openapi_document()
+
+
+def test_the_document_is_json_of_openapi_3_1(document):
+    again = json.loads(json.dumps(document))
+    assert again == document
+    assert re.fullmatch(r"3\.1\.\d+", document["openapi"])
+    assert {"title", "version"} <= set(document["info"])
+
+
+def test_the_document_lists_exactly_the_routes_and_methods_the_server_answers(document):
+    served = {(route_template(route), method.lower()) for route in ROUTES for method in route.handlers}
+    described = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert described == served
+
+
+def test_every_error_code_in_the_source_is_in_the_document(document):
+    in_source = source_error_codes()
+    assert len(in_source) > 15, "the source scan found too few codes; has the ApiError signature changed?"
+    assert in_source <= set(ERROR_CODES), f"not in openapi.ERROR_CODES: {sorted(in_source - set(ERROR_CODES))}"
+    enumerated = set(document["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
+    assert in_source <= enumerated
+
+
+def test_every_error_code_of_the_document_is_answered_somewhere(document):
+    listed = {code for item in document["paths"].values() for op in item.values()
+              for response in op["responses"].values() for code in response.get("x-error-codes", [])}
+    listed |= set(document["components"]["responses"]["TransportError"]["x-error-codes"])
+    assert listed == set(ERROR_CODES)
+
+
+def test_every_reference_resolves(document):
+    for ref in all_refs(document):
+        node = document
+        for part in ref.removeprefix("#/").split("/"):
+            assert part in node, f"dangling {ref}"
+            node = node[part]
+
+
+def test_the_contract_headers_are_described(document):
+    headers = set(document["components"]["headers"])
+    parameters = {p["name"] for p in document["components"]["parameters"].values() if p["in"] == "header"}
+    assert {"Retry-After", "Preference-Applied", "WWW-Authenticate", "Allow", "Content-Range", "ETag"} <= headers
+    assert {"Prefer", "Range", "If-None-Match", "If-Range"} <= parameters
+
+
+def test_play_is_described_with_each_status_of_contract_3_and_5(document):
+    play = document["paths"]["/api/recordings/file/{call_sid}"]["get"]
+    assert {"200", "202", "206", "304", "400", "401", "404", "416", "500"} <= set(play["responses"])
+    assert play["responses"]["202"]["headers"].keys() >= {"Retry-After", "Preference-Applied"}
+    assert "Content-Range" in play["responses"]["206"]["headers"]
+    assert "WWW-Authenticate" in play["responses"]["401"]["headers"]
+    assert set(play["responses"]["404"]["x-error-codes"]) == {
+        "call_not_found", "no_recording_url", "recording_not_found_upstream"}
+    processing = document["components"]["schemas"]["Processing"]["required"]
+    assert set(processing) == {"status", "job_id", "job_status", "attempt", "max_attempts", "retry_after", "message"}
+
+
+def test_security_schemes_are_bearer_for_business_and_admin_and_the_signed_link(document):
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["businessBearer"] == {**schemes["businessBearer"], "type": "http", "scheme": "bearer"}
+    assert schemes["adminBearer"]["scheme"] == "bearer"
+    assert {schemes["signedLinkExp"]["name"], schemes["signedLinkSig"]["name"]} == {"exp", "sig"}
+    play = document["paths"]["/api/recordings/file/{call_sid}"]["get"]
+    assert {"signedLinkExp": [], "signedLinkSig": []} in play["security"]
+    for path, item in document["paths"].items():
+        if path.startswith("/admin/"):
+            assert all(op["security"] == [{"adminBearer": []}] for op in item.values()), path
+
+
+def test_an_unknown_error_code_cannot_be_described():
+    with pytest.raises(KeyError):
+        openapi._error("made up", "no_such_code")
+
+
+def test_openapi_json_is_served(svc):
+    answer = svc.request("GET", "/openapi.json")
+    assert answer.status == 200
+    assert answer.header("content-type") == "application/json"
+    assert answer.json == openapi_document()
+    assert svc.request("HEAD", "/openapi.json").status == 200
