@@ -80,7 +80,8 @@ class App:
             self.http = HTTPServer((self.settings.host, self.settings.port), self.api,
                                    idle_timeout=self.settings.idle_timeout,
                                    max_connections=self.settings.max_connections)
-            self._spawn("http", self.http.serve_forever)
+            # A short poll interval: shutdown() returns within it (tests stop many apps).
+            self._spawn("http", lambda: self.http.serve_forever(poll_interval=0.05))
         return self
 
     def _spawn(self, name: str, target) -> None:

@@ -172,6 +172,9 @@ class WorkerPool:
             try:
                 worked = self.run_once()
             except Exception:
+                if self._stopping.is_set():  # the store may be closed under a download that outlived stop()
+                    log.info("download thread ended during shutdown", exc_info=True)
+                    return
                 log.exception("download thread error; continuing")
                 worked = False
             if not worked:

@@ -171,7 +171,7 @@ def running_job(store, call_sid: str, worker_id: str, *, attempt: int = 0, beat:
         if not tx.business_exists(1):
             tx.insert_business("acme", "hash-of-acme", T0)
         url = f"http://127.0.0.1:9/{call_sid}.wav"
-        tx.insert_call(1, call_sid, url, T0)
+        tx.insert_call(1, call_sid, url, None, T0)
         job_id = tx.insert_job(1, call_sid, url, attempt, T0)
         claimed = tx.claim_next_job(worker_id, beat)
         assert claimed.id == job_id
@@ -233,7 +233,7 @@ def test_a_job_of_another_host_is_left_to_the_heartbeat_rule(store, files):
 def test_queued_and_finished_jobs_are_not_touched_by_recovery(store, files):
     with store.writing() as tx:
         tx.insert_business("acme", "hash-of-acme", T0)
-        tx.insert_call(1, "CA-Q", "http://127.0.0.1:9/q.wav", T0)
+        tx.insert_call(1, "CA-Q", "http://127.0.0.1:9/q.wav", None, T0)
         tx.insert_job(1, "CA-Q", "http://127.0.0.1:9/q.wav", 0, T0)
     assert recover_orphans(store, files, FakeClock(T0 + 1), None) == 0
     assert [j.status for j in jobs_of(store, "CA-Q")] == ["queued"]

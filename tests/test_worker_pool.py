@@ -88,7 +88,7 @@ def running_job(store, call_sid: str, worker_id: str, now: float) -> int:
         if not tx.business_exists(1):
             tx.insert_business("acme", "hash-of-acme", now)
         url = f"http://127.0.0.1:9/{call_sid}.wav"
-        tx.insert_call(1, call_sid, url, now)
+        tx.insert_call(1, call_sid, url, None, now)
         job_id = tx.insert_job(1, call_sid, url, 0, now)
         assert tx.claim_next_job(worker_id, now).id == job_id
         return job_id
@@ -142,7 +142,7 @@ def test_a_paused_worker_is_not_live_and_claims_nothing(store, tmp_path):
     pool.register()
     with store.writing() as tx:
         tx.insert_business("acme", "hash-of-acme", T0)
-        tx.insert_call(1, "CA-P", "http://127.0.0.1:9/p.wav", T0)
+        tx.insert_call(1, "CA-P", "http://127.0.0.1:9/p.wav", None, T0)
         tx.insert_job(1, "CA-P", "http://127.0.0.1:9/p.wav", 0, T0)
         tx.set_paused(True)
     with store.reading() as tx:
