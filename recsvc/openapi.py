@@ -49,6 +49,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "http_version_not_supported": (505, "Only HTTP/1.0 and HTTP/1.1 are spoken."),
     "too_many_connections": (503, "Past --max-connections; the connection is closed (2)."),
     "storage_busy": (503, "The database stayed locked; ask again after Retry-After."),
+    "invalid_signature": (403, "A Twilio webhook without a valid X-Twilio-Signature of a registered account."),
+    "business_not_found": (404, "No business with that id."),
     "internal_error": (500, "An unexpected failure; never carries a traceback (6)."),
 }
 
@@ -163,6 +165,31 @@ def _paths() -> dict:
             "201": _ok("The business and its token.", "Business"),
             "400": _error("Bad body.", "invalid_json", "invalid_body"), "401": UNAUTHORIZED, "404": ADMIN_OFF},
             security=ADMIN, body="BusinessInput", tag="admin")},
+        "/admin/businesses/{business_id}/twilio": {"put": _op(
+            "registerTwilio", "Register a business's Twilio account; the auth token is stored, never returned.", {
+                "200": _ok("The account, without its auth token.", "TwilioAccount"),
+                "400": _error("Bad business_id or body.", "invalid_business_id", "invalid_json", "invalid_body"),
+                "401": UNAUTHORIZED, "404": _error("No such business, or no admin token is set.",
+                                                   "business_not_found", "not_found")},
+            security=ADMIN, parameters=("BusinessIdPath",), body="TwilioAccountInput", tag="admin")},
+        "/webhooks/twilio/recording-status": {"post": {
+            **_op("twilioRecordingStatus", "Twilio's recording-status callback: completed stores the call with "
+                  "the media URL and queues its download; absent or failed stores it without a URL.", {
+                      "200": _ok("The call, updated.", "Call"), "201": _ok("The call, created.", "Call"),
+                      "400": _error("Not form-encoded, or no CallSid.", "invalid_body", "invalid_call_sid"),
+                      "403": _error("No valid X-Twilio-Signature of a registered account; nothing stored.",
+                                    "invalid_signature"),
+                      "422": _error("The media URL's host is not allowed.", "recording_url_not_allowed")},
+                  tag="calls"),
+            "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "required": ["AccountSid", "CallSid"],
+                "properties": {name: {"type": "string"} for name in (
+                    "AccountSid", "CallSid", "RecordingSid", "RecordingUrl", "RecordingStatus", "RecordingDuration")},
+            }}}},
+            "parameters": [{"name": "X-Twilio-Signature", "in": "header", "required": True,
+                            "description": "Base64 HMAC-SHA1 of the URL and the sorted form fields.",
+                            "schema": {"type": "string"}}],
+        }},
         "/admin/workers/pause": {"post": _op("pauseWorkers", "Pause every worker: the worker-offline drill.", {
             "200": _ok("Paused.", "Paused"), "401": UNAUTHORIZED, "404": ADMIN_OFF}, security=ADMIN, tag="admin")},
         "/admin/workers/resume": {"post": _op("resumeWorkers", "Resume the workers.", {
@@ -256,6 +283,15 @@ def _schemas() -> dict:
         "Error": _object(("error", "message"), {
             "error": {"enum": sorted(ERROR_CODES), "description": "The machine code; see x-error-codes per response."},
             "message": _string("An English sentence."),
+        }),
+        "TwilioAccountInput": _object(("account_sid", "auth_token"), {
+            "account_sid": _string("The Twilio account SID.", pattern="^AC[0-9a-fA-F]{32}$"),
+            "auth_token": _string("The account's auth token; signs webhooks and fetches media."),
+            "media_format": {"enum": ["wav", "mp3"], "default": "wav"},
+        }),
+        "TwilioAccount": _object(("business_id", "account_sid", "media_format"), {
+            "business_id": _integer("The business."), "account_sid": _string("The Twilio account SID."),
+            "media_format": {"enum": ["wav", "mp3"]},
         }),
         "PlayFailure": _object(("error", "message"), {
             "error": {"enum": sorted(ERROR_CODES)}, "message": _string("An English sentence."),
