@@ -1,34 +1,19 @@
 """Upstream downloads: which URLs and addresses may be fetched, and fetching one under a deadline.
 
 Theory of operation. A ``recording_url`` comes from a tenant, so every
-download is a request the service makes on someone else's behalf (SSRF).
-Three gates stand between the URL and a socket, and each judges exactly
-what urllib will use, never a second parse of its own:
-
-1. ``check_recording_url`` (CONTRACT 6, 422 ``recording_url_not_allowed``):
-   https only, http only for hosts the word ``loopback`` allows (127.0.0.0/8,
-   ::1, ``localhost``); the host must equal an ``--allow-upstream`` entry.
-   URLs that parsers read differently are refused outright: credentials,
-   backslashes, percent signs or control characters in the URL, IPv6 zone
-   ids, and numeric hosts that are not a plain IP address (``2130706433``,
-   ``0x7f.1``). Then the host urllib would hand to http.client must be the
-   host ``urlsplit`` read. Given a ``resolver``, the host's addresses are
-   judged too (gate 2).
-2. Addresses: every address a name resolves to must be public. Private,
-   loopback, link-local, multicast, reserved, unspecified and CGNAT
-   addresses (and IPv6 wrappings of them) are refused unless allowed
-   explicitly: loopback ones by the word ``loopback``, one address by an
-   allowlist entry that is that IP literal.
-3. The connection. ``_CheckedHTTPConnection`` / ``_CheckedHTTPSConnection``
-   repeat gates 1 and 2 for the host they were given at connect time,
-   connect to a checked address (so DNS cannot change its answer between
-   the check and the connect), and verify the peer the socket reached. TLS
-   still verifies the certificate against the host name. Every redirect hop
-   goes through the same connection classes, after ``_CheckedRedirects``
-   has checked the new URL (at most ``MAX_REDIRECTS``, http and https only)
-   and dropped credentials when the origin changes. The opener holds only
-   the http and https handlers: no file://, ftp:// or data: URLs, and no
-   proxy taken from the environment.
+download is a request made on someone else's behalf (SSRF). Three gates
+stand between the URL and a socket. The first two, which URLs and which
+addresses, are the pure rules of ``upstream_rules`` (re-exported here). The
+third is the connection: ``_CheckedHTTPConnection`` and
+``_CheckedHTTPSConnection`` repeat gates 1 and 2 for the very host
+http.client was given, at connect time, connect to an address that was
+just checked (so DNS cannot change its answer between check and connect:
+rebinding) and verify the peer the socket reached. TLS still verifies the
+certificate against the host name. Every redirect hop goes through the same
+connections, after ``_CheckedRedirects`` has checked the new URL (at most
+``MAX_REDIRECTS``, http and https only) and dropped credentials when the
+origin changes. The opener holds only the http and https handlers: no
+file://, ftp:// or data: URLs, and no proxy taken from the environment.
 
 ``Downloader.download(url, dest)`` makes up to 3 requests (CONTRACT 4:
 connection errors, timeouts and retryable HTTP statuses, with backoff
@@ -59,11 +44,21 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable
 
 from .media import SNIFF_BYTES, sniff_content_type
 from .model import DOWNLOAD_FAILED, INVALID_AUDIO, STORAGE_ERROR, TOO_LARGE, UPSTREAM_AUTH_FAILED, UPSTREAM_NOT_FOUND
 from .settings import Settings
+from .upstream_rules import (DEFAULT_PORTS, LOOPBACK_WORD, Resolver, UrlNotAllowed, check_recording_url,
+                             ip_literal, is_loopback_host, is_public_address, judge_address, judge_host,
+                             resolve_allowed, system_resolver)
+
+__all__ = [
+    "CHUNK", "MAX_REDIRECTS", "REQUESTS_PER_DOWNLOAD", "RETRYABLE_STATUSES", "LOOPBACK_WORD", "Resolver",
+    "UrlNotAllowed", "DownloadFailed", "Downloaded", "Downloader",
+    "check_recording_url", "is_loopback_host", "is_public_address", "judge_address", "judge_host",
+    "resolve_allowed", "system_resolver",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +66,8 @@ CHUNK = 64 * 1024
 REQUESTS_PER_DOWNLOAD = 3
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_REDIRECTS = 5
-LOOPBACK_WORD = "loopback"
-DEFAULT_PORTS = {"http": 80, "https": 443}
 # Headers that carry credentials: never sent on to another origin.
 CREDENTIAL_HEADERS = ("Authorization", "Proxy-authorization", "Cookie")
-
-# Resolves (host, port) to IP address strings; socket.getaddrinfo by default.
-Resolver = Callable[[str, int], Iterable[str]]
-
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-class UrlNotAllowed(ValueError):
-    """A recording_url the allowlist refuses (CONTRACT 6: 422 recording_url_not_allowed)."""
 
 
 class DownloadFailed(Exception):
@@ -98,192 +81,6 @@ class DownloadFailed(Exception):
 
 class _Retryable(Exception):
     """A failure worth another request: connection error, timeout, 5xx."""
-
-
-# ---------------------------------------------------------------- gate 1: the URL and its host
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for the hosts the word ``loopback`` allows: localhost, 127.0.0.0/8, ::1."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_recording_url(url: str, allow_upstream: tuple[str, ...], *, resolver: Resolver | None = None) -> None:
-    """Raise UrlNotAllowed unless the URL may be downloaded (CONTRACT 6).
-
-    Without ``resolver`` only the URL is judged (what a PUT can know);
-    with one, every address its host resolves to is judged as well.
-    """
-    scheme, host, port = _checked_target(url, allow_upstream)
-    if resolver is not None:
-        resolve_allowed(host, port, allow_upstream, resolver)
-
-
-def _checked_target(url: str, allow_upstream: tuple[str, ...]) -> tuple[str, str, int]:
-    """(scheme, host, port) of an allowed URL, as urllib will connect to it; else UrlNotAllowed."""
-    if not isinstance(url, str) or not url:
-        raise UrlNotAllowed("recording_url is not a valid URL")
-    # Characters that parsers disagree on (browsers read "\" as "/", urllib
-    # strips whitespace and unquotes the host) or that have no place in a URL.
-    if any(not ("!" <= c <= "~") for c in url):
-        raise UrlNotAllowed("recording_url must be printable ASCII without spaces")
-    if "\\" in url or "<" in url or ">" in url:
-        raise UrlNotAllowed("recording_url must not contain backslashes or angle brackets")
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise UrlNotAllowed("recording_url is not a valid URL") from None
-    scheme = parts.scheme
-    if scheme not in DEFAULT_PORTS:
-        raise UrlNotAllowed(f"recording_url must use https, not {scheme or 'no'} scheme")
-    if "@" in parts.netloc:
-        raise UrlNotAllowed("recording_url must not carry credentials")
-    if "%" in parts.netloc:
-        raise UrlNotAllowed("recording_url host must not be percent-encoded or carry an IPv6 zone id")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise UrlNotAllowed("recording_url has no host")
-    port = port if port is not None else DEFAULT_PORTS[scheme]
-    # What urllib itself would hand to http.client, split as http.client splits it.
-    try:
-        request = urllib.request.Request(url)
-        connection = http.client.HTTPConnection(request.host)  # splits host and port; connects nowhere
-    except (ValueError, http.client.InvalidURL):
-        raise UrlNotAllowed("recording_url is not a valid URL") from None
-    # Both fall back to the scheme's port when the URL names none (http.client's
-    # stand-in default here is 80).
-    split_port = parts.port if parts.port is not None else http.client.HTTP_PORT
-    if request.type != scheme or connection.host.lower() != host or connection.port != split_port:
-        raise UrlNotAllowed("recording_url is read differently by different URL parsers")
-    judge_host(scheme, host, allow_upstream)
-    return scheme, host, port
-
-
-def judge_host(scheme: str, host: str, allow_upstream: tuple[str, ...]) -> None:
-    """Raise UrlNotAllowed unless ``scheme://host`` may be fetched (CONTRACT 6, exact host match)."""
-    host = host.lower()
-    literal = _ip_literal(host)
-    if literal is None and _looks_numeric(host):
-        # 2130706433, 0x7f.1, 017700000001, 127.1: the C resolver reads these
-        # as IPv4 addresses; only the plain dotted form is accepted.
-        raise UrlNotAllowed(f"recording_url host {host!r} is not a plain IP address")
-    loopback_allowed = LOOPBACK_WORD in allow_upstream and is_loopback_host(host)
-    if scheme == "http" and not loopback_allowed:
-        raise UrlNotAllowed("recording_url must use https")
-    if scheme not in DEFAULT_PORTS:
-        raise UrlNotAllowed("recording_url must use https")
-    if loopback_allowed:
-        return
-    names, addresses = _allowlist(tuple(allow_upstream))
-    if host in names or (literal is not None and literal in addresses):
-        return
-    raise UrlNotAllowed(f"recording_url host {host!r} is not in the allowed upstream hosts")
-
-
-def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address a host names literally ("[::1]" or "::1" or "127.0.0.1"), else None."""
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
-
-
-def _looks_numeric(host: str) -> bool:
-    # A name whose last label is a number is an IPv4 address to the resolver.
-    last = host.rstrip(".").rpartition(".")[2]
-    return last.isdigit() or (last.startswith("0x") and all(c in "0123456789abcdef" for c in last[2:]))
-
-
-@functools.lru_cache(maxsize=32)
-def _allowlist(allow_upstream: tuple[str, ...]) -> tuple[frozenset[str], frozenset]:
-    """The allowlist split into host names and IP literals (compared as addresses)."""
-    names, addresses = set(), set()
-    for entry in allow_upstream:
-        entry = entry.strip().lower()
-        literal = _ip_literal(entry)
-        if literal is not None:
-            addresses.add(literal)
-        elif entry and entry != LOOPBACK_WORD:
-            names.add(entry)
-    return frozenset(names), frozenset(addresses)
-
-
-# ---------------------------------------------------------------- gate 2: the addresses
-
-
-def resolve_allowed(host: str, port: int, allow_upstream: tuple[str, ...],
-                    resolver: Resolver | None = None) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """Every address ``host`` resolves to, each judged; UrlNotAllowed if any is refused.
-
-    One refused address refuses the host: a name that answers both public
-    and private addresses is not trusted with either.
-    """
-    literal = _ip_literal(host)
-    if literal is not None:
-        answers = [literal]
-    else:
-        answers = list((resolver or system_resolver)(host, port))
-        if not answers:
-            raise OSError(f"{host} has no address")
-    addresses = []
-    for answer in answers:
-        address = answer if isinstance(answer, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else _parse_address(answer, host)
-        judge_address(address, allow_upstream, host=host)
-        addresses.append(address)
-    return addresses
-
-
-def _parse_address(text: str, host: str):
-    try:
-        return ipaddress.ip_address(str(text))
-    except ValueError:
-        raise UrlNotAllowed(f"recording_url host {host!r} resolves to {text!r}, which is not an IP address") from None
-
-
-def judge_address(address, allow_upstream: tuple[str, ...], *, host: str = "") -> None:
-    """Raise UrlNotAllowed unless a connection to ``address`` is allowed."""
-    if getattr(address, "scope_id", None):
-        raise UrlNotAllowed(f"recording_url host {host!r} resolves to {address}, a scoped IPv6 address")
-    plain = address.ipv4_mapped if address.version == 6 and address.ipv4_mapped else address
-    if LOOPBACK_WORD in allow_upstream and plain.is_loopback:
-        return
-    listed_addresses = _allowlist(tuple(allow_upstream))[1]
-    if address in listed_addresses or plain in listed_addresses:
-        return
-    if not is_public_address(address):
-        raise UrlNotAllowed(f"recording_url host {host!r} resolves to {address}, which is not a public address")
-
-
-def is_public_address(address) -> bool:
-    """True for an address on the public internet; False for anything local or special."""
-    if address.version == 6:
-        embedded = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
-        if address in _NAT64:
-            embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-        if any(inner is not None and not is_public_address(inner) for inner in embedded):
-            return False
-        if address.ipv4_mapped is not None:
-            return True  # judged by the IPv4 address it wraps
-    if address.version == 4 and address in _CGNAT:
-        return False
-    return address.is_global and not (
-        address.is_private or address.is_loopback or address.is_link_local or address.is_multicast
-        or address.is_reserved or address.is_unspecified)
-
-
-def system_resolver(host: str, port: int) -> list[str]:
-    """The addresses the operating system resolves ``host`` to, in its order."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    seen: dict[str, None] = {}
-    for *_, sockaddr in infos:
-        seen.setdefault(sockaddr[0], None)
-    return list(seen)
 
 
 # ---------------------------------------------------------------- gate 3: the connection
@@ -339,7 +136,7 @@ class _Fetch:
 
     def resolve(self, host: str, port: int) -> list:
         """``resolve_allowed`` within the time left (getaddrinfo itself has no timeout)."""
-        if _ip_literal(host) is not None:
+        if ip_literal(host) is not None:
             return resolve_allowed(host, port, self.allow_upstream)
         outcome: list = []
 
@@ -522,7 +319,7 @@ class Downloader:
         self._sleep = sleep
         self._monotonic = monotonic
         self.resolver = resolver
-        self.ssl_context = ssl_context if ssl_context is not None else ssl.create_default_context()
+        self.ssl_context = ssl_context  # None: the system's trust store, hostname checked
         self.requests_per_download = requests_per_download
         # 1 s then 2 s between requests; scaled down with short download
         # timeouts so that short test timings stay short.
@@ -550,7 +347,8 @@ class Downloader:
     def _opener(self, fetch: _Fetch) -> urllib.request.OpenerDirector:
         """A fresh opener per request: its handlers carry that request's deadline."""
         opener = urllib.request.OpenerDirector()
-        for handler in (_CheckedHTTPHandler(fetch), _CheckedHTTPSHandler(fetch, self.ssl_context),
+        context = self.ssl_context if self.ssl_context is not None else _default_tls_context()
+        for handler in (_CheckedHTTPHandler(fetch), _CheckedHTTPSHandler(fetch, context),
                         urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor(),
                         _CheckedRedirects(self.settings.allow_upstream), _RefuseOtherSchemes()):
             opener.add_handler(handler)
@@ -623,6 +421,12 @@ class Downloader:
         if status in RETRYABLE_STATUSES or status >= 500:
             return _Retryable(f"upstream answered {status}")
         return DownloadFailed(DOWNLOAD_FAILED, f"upstream answered {status}")
+
+
+@functools.lru_cache(maxsize=1)
+def _default_tls_context() -> ssl.SSLContext:
+    """Certificates verified against the host name; built once, as loading the trust store is slow."""
+    return ssl.create_default_context()
 
 
 def _set_read_timeout(response, seconds: float) -> None:

@@ -506,3 +506,24 @@ def test_a_refused_url_is_not_retried(upstream):
     url = upstream.set("/moved", status=302, headers={"Location": "file:///etc/passwd"})
     fails(downloader(requests=3), url)
     assert upstream.hits("/moved") == 1
+
+
+# ---------------------------------------------------------------- through the service (CONTRACT 4 and 6)
+
+
+@pytest.mark.parametrize("url", ["http://2130706433/rec.wav", "http://127.0.0.1\\@evil.test/rec.wav",
+                                 "http://[::ffff:127.0.0.1]/rec.wav", "file:///etc/passwd"],
+                         ids=["decimal IPv4", "backslash", "IPv4-mapped loopback", "file scheme"])
+def test_put_call_with_a_hostile_url_is_422(svc, url):
+    answer = svc.put_call(svc.business(), "CA1", url)
+    assert (answer.status, answer.json["error"]) == (422, "recording_url_not_allowed")
+
+
+def test_a_job_redirected_to_a_refused_url_fails_download_failed(svc, upstream):
+    token = svc.business()
+    url = upstream.set("/moved", status=302, headers={"Location": "file:///etc/passwd"})
+    assert svc.put_call(token, "CA1", url).status == 201
+    assert svc.play(token, "CA1").status == 202
+    job = svc.wait_for_job("CA1")
+    assert (job["status"], job["error_code"]) == ("failed", DOWNLOAD_FAILED)
+    assert job["error_message"].startswith("redirect refused")
