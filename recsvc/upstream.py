@@ -394,6 +394,8 @@ class Downloader:
             if not chunk:
                 if fetch.expired:  # the watchdog's shutdown reads as end of file
                     raise _Retryable(too_slow)
+                if response.length:  # read1 reports a body cut short as a plain end
+                    raise _Retryable(f"connection lost: the body ended {response.length} bytes early")
                 break
             # Counted as read: a missing, negative or lying Content-Length changes nothing.
             size += len(chunk)

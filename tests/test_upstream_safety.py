@@ -475,6 +475,18 @@ def test_a_chunked_body_within_the_limit_is_downloaded(upstream):
     assert dest.getvalue() == WAV * 10
 
 
+def test_a_body_shorter_than_its_content_length_is_not_a_recording(upstream):
+    url = upstream.set("/rec.wav", body=WAV, headers={"Content-Length": str(len(WAV) + 100)})
+    failure = fails(downloader(requests=2), url)
+    assert failure.code == DOWNLOAD_FAILED and "ended 100 bytes early" in failure.message
+    assert upstream.hits("/rec.wav") == 2
+
+
+def test_a_chunked_body_cut_short_is_not_a_recording(upstream):
+    url = upstream.set("/rec.wav", body=_chunked(WAV * 10)[:-200], headers={"Transfer-Encoding": "chunked"})
+    assert fails(downloader(), url).code == DOWNLOAD_FAILED
+
+
 def test_a_body_exactly_at_the_limit_is_downloaded(upstream):
     url = upstream.set("/rec.wav", body=WAV)
     assert downloader(max_bytes=len(WAV)).download(url, io.BytesIO()).size == len(WAV)
