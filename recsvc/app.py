@@ -81,7 +81,15 @@ class App:
                                    idle_timeout=self.settings.idle_timeout,
                                    max_connections=self.settings.max_connections)
             self._spawn("http", self.http.serve_forever)
+            self.metrics.add_gauges(self._http_gauges)
         return self
+
+    def _http_gauges(self) -> dict:
+        http = self.http
+        return {
+            "recsvc_http_connections": ("Client connections open now.", [((), http.connections if http else 0)]),
+            "recsvc_held_requests": ("Requests held by Prefer: wait now (CONTRACT 5b).", [((), self.waiters.held_count())]),
+        }
 
     def _spawn(self, name: str, target) -> None:
         thread = threading.Thread(target=target, name=f"recsvc-{name}", daemon=True)
