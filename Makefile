@@ -1,10 +1,12 @@
 # recsvc: `make demo` runs the service with sample data; `make test` runs the tests.
 # Both set up what they need on a fresh machine (a .venv with pytest for the tests).
+# `make bench` runs the benchmark (BENCH_ARGS=--smoke or --duration S); it measures, never asserts.
 
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: test demo serve worker bench pyz clean
 
@@ -26,6 +28,9 @@ serve:
 
 worker:
 	$(PYTHON) -m recsvc worker
+
+bench:
+	$(PYTHON) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) dist build recsvc-data demo-data .pytest_cache

@@ -82,7 +82,15 @@ class App:
                                    max_connections=self.settings.max_connections)
             # A short poll interval: shutdown() returns within it (tests stop many apps).
             self._spawn("http", lambda: self.http.serve_forever(poll_interval=0.05))
+            self.metrics.add_gauges(self._http_gauges)
         return self
+
+    def _http_gauges(self) -> dict:
+        http = self.http
+        return {
+            "recsvc_http_connections": ("Client connections open now.", [((), http.connections if http else 0)]),
+            "recsvc_held_requests": ("Requests held by Prefer: wait now (CONTRACT 5b).", [((), self.waiters.held_count())]),
+        }
 
     def _spawn(self, name: str, target) -> None:
         thread = threading.Thread(target=target, name=f"recsvc-{name}", daemon=True)

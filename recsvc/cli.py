@@ -10,20 +10,47 @@ after that is left to the orphan rule of the next start.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
 
 from . import __version__
+from .clock import iso_utc
 from .settings import SettingsError, add_setting_flags, load_settings
 
 log = logging.getLogger("recsvc")
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+class JsonLogFormatter(logging.Formatter):
+    """``--log-format json``: one JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return iso_utc(record.created)
+
+
+def configure_logging(log_format: str = "text") -> None:
+    """INFO and above to stderr (CONTRACT 2), as text lines or JSON objects."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +89,7 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
     if not http and settings.workers == 0:
         print("recsvc: error: --workers must be at least 1 for the worker command, got '0'", file=sys.stderr)
         return 2
-    configure_logging()
+    configure_logging(settings.log_format)
     try:
         app = App(settings).start(http=http)
     except OSError as exc:

@@ -53,6 +53,10 @@ def stuck_reason(job: Job, now: float, settings: Settings) -> str | None:
     return None
 
 
+# The labels stuck_kind returns, so /metrics can show each at 0 before it first happens.
+STUCK_KINDS = ("queued", "running", "no_started_at", "heartbeat_lost")
+
+
 def stuck_kind(reason: str) -> str:
     """A short label of a stuck reason for metrics: queued, running, no_started_at, heartbeat_lost."""
     if reason.startswith("queued"):

@@ -4,13 +4,25 @@ In-process counters (requests, fail-fast trips, stuck jobs, job durations)
 live here; values that belong to the database (jobs by status, queue
 depth, live workers, cache bytes) are read at scrape time and passed to
 ``render()`` as gauges, so the hot paths only bump a counter under a lock.
+Other parts of the process add gauges of their own (open connections, held
+requests, memory) with ``add_gauges``; those are read at scrape time too.
+
+Every counter family whose labels are known in advance (fail-fast trips by
+error, stuck jobs by reason) is shown at 0 from the start, so a rate over it
+is defined before the first trip (CONTRACT 6, /metrics).
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from collections import defaultdict
+from typing import Callable
+
+from .decision import RECORDING_DOWNLOAD_FAILED, STUCK_KINDS, WORKER_NOT_PROCESSING_QUEUE
+
+Gauges = dict[str, tuple[str, list[tuple[tuple[tuple[str, str], ...], float]]]]
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -57,11 +69,17 @@ class Metrics:
         self._lock = threading.Lock()  # guards every field below
         self._requests: dict[tuple, int] = defaultdict(int)
         self._request_seconds: dict[tuple, _Histogram] = {}
-        self._fail_fast: dict[str, int] = defaultdict(int)
-        self._stuck: dict[str, int] = defaultdict(int)
+        self._fail_fast: dict[str, int] = {WORKER_NOT_PROCESSING_QUEUE: 0, RECORDING_DOWNLOAD_FAILED: 0}
+        self._stuck: dict[str, int] = {kind: 0 for kind in STUCK_KINDS}
         self._jobs_finished: dict[tuple, int] = defaultdict(int)
         self._job_seconds = _Histogram(DURATION_BUCKETS)
         self._retries = 0
+        self._gauge_sources: list[Callable[[], Gauges]] = [process_gauges]
+
+    def add_gauges(self, source: Callable[[], Gauges]) -> None:
+        """A callable read at every scrape, returning gauges in ``render()``'s shape."""
+        with self._lock:
+            self._gauge_sources.append(source)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (("route", route), ("method", method), ("status", str(status)))
@@ -74,7 +92,7 @@ class Metrics:
 
     def fail_fast_trip(self, error: str) -> None:
         with self._lock:
-            self._fail_fast[error] += 1
+            self._fail_fast[error] = self._fail_fast.get(error, 0) + 1
 
     def retry(self) -> None:
         with self._lock:
@@ -82,7 +100,7 @@ class Metrics:
 
     def stuck_job(self, kind: str) -> None:
         with self._lock:
-            self._stuck[kind] += 1
+            self._stuck[kind] = self._stuck.get(kind, 0) + 1
 
     def job_finished(self, status: str, error_code: str = "") -> None:
         with self._lock:
@@ -92,7 +110,7 @@ class Metrics:
         with self._lock:
             self._job_seconds.observe(seconds)
 
-    def render(self, gauges: dict[str, tuple[str, list[tuple[tuple[tuple[str, str], ...], float]]]]) -> str:
+    def render(self, gauges: Gauges) -> str:
         """Prometheus text; ``gauges`` maps a name to (help, [(labels, value), ...])."""
         out: list[str] = []
 
@@ -120,8 +138,25 @@ class Metrics:
                 out.append(f"recsvc_jobs_finished_total{_labels(key)} {value}")
             family("recsvc_job_duration_seconds", "histogram", "Time from claiming a job to its end, in this process.")
             out.extend(self._job_seconds.lines("recsvc_job_duration_seconds", ()))
+            sources = list(self._gauge_sources)
+        gauges = dict(gauges)
+        for source in sources:
+            gauges.update(source())
         for name, (help_text, samples) in gauges.items():
             family(name, "gauge", help_text)
             for labels, value in samples:
                 out.append(f"{name}{_labels(labels)} {value:g}")
         return "\n".join(out) + "\n"
+
+
+def process_gauges() -> Gauges:
+    """Resident memory (Linux /proc) and threads of this process."""
+    gauges: Gauges = {"recsvc_threads": ("Threads of this process.", [((), threading.active_count())])}
+    try:
+        with open("/proc/self/statm") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return gauges
+    gauges["process_resident_memory_bytes"] = ("Resident memory of this process, in bytes.",
+                                              [((), resident_pages * os.sysconf("SC_PAGE_SIZE"))])
+    return gauges

@@ -45,6 +45,7 @@ class Settings:
     idle_timeout: float = 15.0
     max_connections: int = 256
     shutdown_grace: float = 10.0
+    log_format: str = "text"
 
     @property
     def liveness_window(self) -> float:
@@ -131,6 +132,12 @@ def _counter_url(text: str) -> str:
     raise ValueError("must be memory:// or redis://host:port/db")
 
 
+def _log_format(text: str) -> str:
+    if text not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return text
+
+
 def _admin_token(text: str) -> str:
     if len(text) < 16:
         raise ValueError("must be at least 16 characters")
@@ -167,6 +174,7 @@ SETTINGS: tuple[SettingRow, ...] = (
     SettingRow("idle_timeout", "--idle-timeout", "RECSVC_IDLE_TIMEOUT", _positive_number, "a connection idle, or slow to send its request head, this long is closed"),
     SettingRow("max_connections", "--max-connections", "RECSVC_MAX_CONNECTIONS", _integer(1), "connections served at once; the next one gets 503"),
     SettingRow("shutdown_grace", "--shutdown-grace", "RECSVC_SHUTDOWN_GRACE", _positive_number, "on SIGTERM, how long in-flight downloads may take to finish"),
+    SettingRow("log_format", "--log-format", "RECSVC_LOG_FORMAT", _log_format, "text, or json: one JSON object per line (time, level, logger, message, exception)"),
 )
 
 
