@@ -13,8 +13,7 @@ import socket
 
 import pytest
 
-from conftest import FakeClock, Harness, make_settings
-from recsvc.app import App
+from conftest import running_harness
 from recsvc.demo_audio import sized_wav
 from recsvc.fake_upstream import FakeUpstream
 from recsvc.media import http_date
@@ -50,13 +49,8 @@ def cache_recording(h, token: str, call_sid: str, body: bytes) -> None:
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
     """One recsvc for the read-only tests of this module: each test only plays."""
-    clock = FakeClock()
-    with FakeUpstream() as upstream:
-        app = App(make_settings(tmp_path_factory.mktemp("media") / "data"), clock=clock).start()
-        try:
-            yield Harness(app, clock, upstream)
-        finally:
-            app.stop(grace=0.5)
+    with FakeUpstream() as upstream, running_harness(tmp_path_factory.mktemp("media"), upstream) as h:
+        yield h
 
 
 @pytest.fixture(scope="module")
