@@ -16,6 +16,7 @@ from datetime import datetime
 import pytest
 
 from conftest import ADMIN_TOKEN, request, running_harness, spawn_recsvc, wait_listening
+from recsvc.client import RecordingClient, default_opener
 from recsvc.demo_audio import sized_wav, tune_for
 from recsvc.fake_upstream import FakeUpstream
 
@@ -287,3 +288,57 @@ def test_a_request_held_on_a_job_run_by_a_separate_worker_process_is_answered_pr
                 except Exception:
                     proc.kill()
                     proc.wait(5)
+
+
+# ---------------------------------------------------------------- what it buys a player
+
+
+class _WithoutPrefer:
+    """An opener for RecordingClient that drops Prefer: a player of the polling kind."""
+
+    def __init__(self):
+        self.inner = default_opener()
+
+    def open(self, req, timeout=None):
+        req.remove_header("Prefer")
+        return self.inner.open(req, timeout=timeout)
+
+
+def test_a_player_sending_prefer_wait_plays_with_one_request_as_the_file_lands(make_harness, upstream, monkeypatch):
+    h = make_harness(retry_after=1)
+    token = h.business()
+    landed: dict[int, float] = {}
+    job_ended = h.app.waiters.job_ended
+
+    def noting_job_ended(job_id: int) -> None:
+        landed.setdefault(job_id, time.monotonic())
+        job_ended(job_id)
+
+    monkeypatch.setattr(h.app.waiters, "job_ended", noting_job_ended)
+    bodies = {sid: tune_for(sid) for sid in ("CAprefer", "CApoll")}
+    for sid, body in bodies.items():
+        assert h.put_call(token, sid, upstream.set(f"/rec/{sid}.wav", body=body, delay=1.5)).status == 201
+    players = {"CAprefer": RecordingClient(h.base_url, token, max_wait=20),
+               "CApoll": RecordingClient(h.base_url, token, max_wait=20, opener=_WithoutPrefer())}
+    results: dict[str, tuple] = {}
+
+    def play(sid: str) -> None:
+        recording = players[sid].wait_for_recording(sid)
+        results[sid] = (recording, time.monotonic())
+
+    threads = [threading.Thread(target=play, args=(sid,)) for sid in players]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    delays = {}
+    for sid, (recording, played_at) in results.items():
+        assert recording.body == bodies[sid]
+        delays[sid] = played_at - landed[h.jobs(sid)[0]["id"]]
+    print(f"\n[prefer-wait] with Prefer: wait: {results['CAprefer'][0].requests} request(s), "
+          f"200 {delays['CAprefer'] * 1000:.0f} ms after the file landed; "
+          f"without: {results['CApoll'][0].requests} request(s), 200 {delays['CApoll'] * 1000:.0f} ms after "
+          f"(Retry-After {h.settings.retry_after:g} s, upstream delay 1.5 s)")
+    assert results["CAprefer"][0].requests == 1
+    assert results["CApoll"][0].requests >= 2
+    assert 0 <= delays["CAprefer"] < 0.3
