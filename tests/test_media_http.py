@@ -148,6 +148,7 @@ def test_unsatisfiable_range_is_416_with_the_size(cached, range_value):
 
 @pytest.mark.parametrize("range_value", [
     pytest.param("items=0-10", id="unknown unit"),
+    pytest.param("bytes 0-10", id="no equals sign"),
     pytest.param("bytes=5-3", id="end before start"),
     pytest.param("bytes=abc", id="not numbers"),
     pytest.param("bytes=0-0,5-9", id="two ranges"),
