@@ -83,15 +83,26 @@ def read_json_object(request: Request) -> dict:
     return payload
 
 
+# A wait longer than any --max-wait; longer numbers are cut to it, not refused.
+_LONGEST_WAIT = 10**9
+
+
 def prefer_wait(value: str | None) -> int | None:
-    """The ``wait`` preference of a Prefer header in whole seconds (RFC 7240 4.3), or None."""
+    """The ``wait`` preference of Prefer, all its lines joined by ", ", in whole seconds (RFC 7240 4.3), or None.
+
+    Only the first ``wait`` counts (RFC 7240 2); a value that is not
+    delta-seconds (ASCII digits only) is ignored, and a huge one means "as
+    long as you allow" (RFC 9111 1.2.2).
+    """
     if not value:
         return None
     for preference in value.split(","):
         name, _, rest = preference.strip().partition("=")
         if name.strip().lower() == "wait":
             seconds = rest.split(";", 1)[0].strip().strip('"')
-            return int(seconds) if seconds.isdigit() and len(seconds) < 10 else None
+            if not (seconds.isascii() and seconds.isdigit()):
+                return None
+            return int(seconds) if len(seconds) <= 9 else _LONGEST_WAIT
     return None
 
 
@@ -178,7 +189,7 @@ class Api:
             business_id = self._business(request)
         self._call_sid(call_sid)
         result = self.service.play(business_id, call_sid)
-        wanted = prefer_wait(request.header("prefer"))
+        wanted = prefer_wait(", ".join(value for name, value in request.headers if name == "prefer"))
         if wanted is None or result.job is None or not is_processing(result):
             return self.render_play(request, result)
         # CONTRACT 5b: hold a would-be 202 until its job ends or the wait is over.

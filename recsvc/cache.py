@@ -5,7 +5,11 @@ answered 200 or 206; storing a file counts as its first play. Recording a
 play must not cost a database write on the hot path, so ``played()`` only
 notes the time in memory; ``flush()`` writes the notes in one batch, every
 ``flush_interval`` seconds from a background thread and always before an
-eviction decides.
+eviction decides. The interval is short (a second) because the eviction may
+be decided by another process: a ``recsvc worker`` that stores a file sees
+only the plays the server has flushed, so a recording played a second ago
+must not look older than one stored an hour ago. One batched write a second
+at most, whatever the traffic.
 
 ``evict_over_limit()`` runs after a file is stored. While the cached bytes
 exceed the limit it removes the least recently played recording other than
@@ -30,7 +34,7 @@ log = logging.getLogger(__name__)
 
 class RecordingCache:
     def __init__(self, store: Store, files: RecordingFiles, max_bytes: int, clock: Clock,
-                 flush_interval: float = 30.0):
+                 flush_interval: float = 1.0):
         self.store = store
         self.files = files
         self.max_bytes = max_bytes

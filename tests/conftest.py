@@ -8,6 +8,7 @@ job stuck.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -138,6 +139,17 @@ def make_settings(data_dir, **overrides) -> Settings:
                 download_timeout=2.0)
     base.update(overrides)
     return load_settings({}, {}, **base)
+
+
+@contextlib.contextmanager
+def running_harness(data_dir, upstream: FakeUpstream, **overrides):
+    """recsvc in-process on its own fake clock, for a module-scoped fixture (many tests, one server)."""
+    clock = FakeClock()
+    app = App(make_settings(data_dir, **overrides), clock=clock).start()
+    try:
+        yield Harness(app, clock, upstream)
+    finally:
+        app.stop(grace=0.5)
 
 
 @pytest.fixture
