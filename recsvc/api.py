@@ -106,6 +106,11 @@ def prefer_wait(value: str | None) -> int | None:
     return None
 
 
+# What a held request answers at once when it looks again (CONTRACT 5b): the file, or a
+# final answer that costs nothing to give.
+HELD_FINAL_OUTCOMES = (ServeFile, CallNotFound, NoRecordingUrl, RecordingNotFoundUpstream)
+
+
 def is_processing(result: PlayResult) -> bool:
     """A result that would be answered 202 (rows 9, 10a, 10b)."""
     return isinstance(result.outcome, (Processing, FirstJob, RetryAllowed))
@@ -192,14 +197,23 @@ class Api:
         wanted = prefer_wait(", ".join(value for name, value in request.headers if name == "prefer"))
         if wanted is None or result.job is None or not is_processing(result):
             return self.render_play(request, result)
-        # CONTRACT 5b: hold a would-be 202 until its job ends or the wait is over.
+        # CONTRACT 5b: hold a would-be 202 until its job ends or the wait is over. Looking
+        # again writes nothing: the file (or a final 404) is answered as it is now; a job
+        # that ended without a file leaves this request the 202 it had, and the retry of
+        # row 10b waits for the player's next request.
         applied = min(wanted, wait_seconds(self.settings.max_wait)) if wanted else 0
         deadline = time.monotonic() + min(wanted, self.settings.max_wait)
         while not request.client_gone():
             left = deadline - time.monotonic()
             ended = left > 0 and self.waiters.wait(result.job.id, left, request.client_gone)
-            result = self.service.play(business_id, call_sid)  # the answer as of now
-            if not ended or not is_processing(result):
+            now = self.service.play(business_id, call_sid, effects=False)
+            if isinstance(now.outcome, HELD_FINAL_OUTCOMES):
+                result = now
+                break
+            if not isinstance(now.outcome, Processing):
+                break
+            result = now  # the same 202, with the job's status as of now
+            if not ended:
                 break
         response = self.render_play_safely(request, result)
         response.headers.append(("Preference-Applied", f"wait={applied}"))

@@ -134,11 +134,13 @@ class RecordingService:
                           latest_job=latest, live_worker=live)
         return facts, recording, handle
 
-    def play(self, business_id: int, call_sid: str) -> PlayResult:
+    def play(self, business_id: int, call_sid: str, effects: bool = True) -> PlayResult:
+        """CONTRACT 3 for one request. With ``effects=False`` nothing is written: an outcome
+        that would create or fail a job is returned undone (a held request looking again, 5b)."""
         with self.store.reading() as tx:
             facts, recording, handle = self._facts(tx, business_id, call_sid)
         outcome = decide_play(facts, self.clock(), self.settings)
-        if recording is not None and handle is None:
+        if recording is not None and handle is None and effects:
             self._drop_vanished(recording)
         if isinstance(outcome, (CallNotFound, NoRecordingUrl, RecordingNotFoundUpstream)):
             return PlayResult(outcome)
@@ -146,7 +148,7 @@ class RecordingService:
             return PlayResult(outcome, recording=recording, file=handle)
         if isinstance(outcome, Processing):
             return PlayResult(outcome, job=outcome.job, attempt=outcome.job.attempt)
-        if isinstance(outcome, NoLiveWorker) and not outcome.create_job:
+        if not effects or (isinstance(outcome, NoLiveWorker) and not outcome.create_job):
             return PlayResult(outcome)
         return self._play_with_effects(business_id, call_sid)
 

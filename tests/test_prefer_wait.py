@@ -91,6 +91,20 @@ def test_a_held_request_whose_job_fails_gets_that_answer_with_preference_applied
     assert elapsed < 0.3 + SLACK
 
 
+def test_a_held_request_whose_download_fails_answers_its_202_and_starts_no_retry(make_harness, upstream):
+    h = make_harness()
+    token = h.business()
+    url = upstream.set("/rec/CAfail.wav", status=500, body=b"down", content_type="text/plain")
+    assert h.put_call(token, "CAfail", url).status == 201
+    answer, elapsed = held_play(h, token, "CAfail", 5)
+    assert answer.status == 202, answer.body
+    assert answer.json["attempt"] == 0
+    assert answer.header("preference-applied") == "wait=5"
+    assert elapsed < 5, "the job ended: the request is answered then, not at the end of the wait"
+    assert len(h.jobs("CAfail")) == 1, "the retry of row 10b waits for the player's next request"
+    assert h.admin("GET", "/admin/retry-counters/1/CAfail").json["attempts"] == 0
+
+
 def test_fifty_requests_held_on_one_job_all_get_the_file(make_harness, upstream):
     h = make_harness()
     token = h.business()
