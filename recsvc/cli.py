@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="HTTP API and, unless --workers 0, download workers")
     add_setting_flags(serve)
+    from .demo import add_demo_flags
+    add_demo_flags(commands.add_parser("demo", help="the teaching demo: recsvc, a fake upstream and a scenario page"))
     worker = commands.add_parser("worker", help="download workers only, no HTTP, on the same data dir")
     add_setting_flags(worker)
     return parser
@@ -76,13 +78,25 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
     return 0
 
 
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo_main
+    return demo_main(args, wait_for_signal=_wait_for_signal)
+
+
+# One line per command; parsing stays in _parser().
+COMMANDS = {
+    "serve": lambda args: run_service(args, http=True),
+    "worker": lambda args: run_service(args, http=False),
+    "demo": run_demo,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        return run_service(args, http=True)
-    if args.command == "worker":
-        return run_service(args, http=False)
-    parser.print_help(sys.stderr)
-    return 2
+    runner = COMMANDS.get(args.command)
+    if runner is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return runner(args)
