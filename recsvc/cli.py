@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """SIGINT/SIGTERM set the returned event. Installed before the listening line, so none is missed."""
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -47,6 +48,10 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
     while not stop.wait(3600):
         pass
 
@@ -60,6 +65,7 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
         print(f"recsvc: error: {exc}", file=sys.stderr)
         return 2
     configure_logging()
+    stop = _stop_on_signal()
     try:
         app = App(settings).start(http=http)
     except OSError as exc:
@@ -70,7 +76,7 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
     else:
         print(f"recsvc worker {app.pool.worker_id if app.pool else '(no threads)'} running on "
               f"{settings.data_dir}", file=sys.stderr, flush=True)
-    _wait_for_signal()
+    _wait_for_signal(stop)
     log.info("stopping: waiting up to %gs for downloads in flight", settings.shutdown_grace)
     finished = app.stop()
     if not finished:
@@ -80,7 +86,8 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo_main
-    return demo_main(args, wait_for_signal=_wait_for_signal)
+    stop = _stop_on_signal()
+    return demo_main(args, wait_for_signal=lambda: _wait_for_signal(stop))
 
 
 # One line per command; parsing stays in _parser().
