@@ -51,7 +51,8 @@ def _stop_on_signal() -> threading.Event:
     return stop
 
 
-def _wait_for_signal(stop: threading.Event) -> None:
+def _wait_for_signal(stop: threading.Event | None = None) -> None:
+    stop = stop if stop is not None else _stop_on_signal()
     while not stop.wait(3600):
         pass
 
@@ -65,7 +66,6 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
         print(f"recsvc: error: {exc}", file=sys.stderr)
         return 2
     configure_logging()
-    stop = _stop_on_signal()
     try:
         app = App(settings).start(http=http)
     except OSError as exc:
@@ -76,7 +76,7 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
     else:
         print(f"recsvc worker {app.pool.worker_id if app.pool else '(no threads)'} running on "
               f"{settings.data_dir}", file=sys.stderr, flush=True)
-    _wait_for_signal(stop)
+    _wait_for_signal()
     log.info("stopping: waiting up to %gs for downloads in flight", settings.shutdown_grace)
     finished = app.stop()
     if not finished:
