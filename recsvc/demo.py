@@ -65,9 +65,12 @@ DEMO_DEFAULTS = {
     "download_timeout": "15",
     "workers": "8",
     "shutdown_grace": "2",
+    # Shorter than the slow scenario, so a player holding its request with
+    # Prefer: wait (CONTRACT 5b) still sees 202 before 200.
+    "max_wait": "2",
 }
 SHOWN_SETTINGS = ("job_timeout", "retry_window", "heartbeat_interval", "retry_after", "recovery_retry_after",
-                  "max_retry_attempts", "download_timeout", "workers")
+                  "max_retry_attempts", "download_timeout", "max_wait", "workers")
 
 
 @dataclass(frozen=True)
@@ -99,18 +102,19 @@ _HTML_PAGE = (b"<!doctype html><html><head><title>Sign in</title></head>"
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
-        "ready", "demo-ready", "Ready quickly", "202, then 200 and the tune plays",
+        "ready", "demo-ready", "Ready quickly", "200 (held by Prefer: wait) or 202 then 200; the tune plays",
         "CONTRACT 3, rows 10a, 9 and 4",
-        "The first request finds no job for this URL, creates one and answers 202 with Retry-After (row 10a). "
-        "The worker stores and verifies the file within a moment, so the player's next request gets 200 with "
-        "the audio (row 4).",
+        "The first request finds no job for this URL and creates one (row 10a): it answers 202 with Retry-After, "
+        "or, as the player sends Prefer: wait (section 5b), it is held until the file is ready. The worker stores "
+        "and verifies the file within a moment, so the answer is 200 with the audio (row 4).",
         lambda settings, audio: Script(body=audio)),
     Scenario(
         "slow", "demo-slow", "Slow upstream", "several 202s, then 200",
         "CONTRACT 3, row 9 (and section 4)",
-        "The upstream sends the file in slow chunks for about {slow_seconds:g} s, so the job stays running and "
-        "every poll is a plain 202 that spends no retry (row 9). It finishes well inside job-timeout "
-        "({job_timeout:g} s), so it is slow but never stuck, and then it plays.",
+        "The upstream sends the file in slow chunks for about {slow_seconds:g} s, longer than a request is held "
+        "(max-wait {max_wait:g} s), so the job stays running and every answer is a plain 202 that spends no "
+        "retry (row 9). It finishes well inside job-timeout ({job_timeout:g} s): slow but never stuck, then it "
+        "plays.",
         _slow_script),
     Scenario(
         "no_url", "demo-no-url", "No recording URL", "404 no_recording_url at once",
@@ -180,7 +184,7 @@ def _settings_values(settings: Settings) -> dict:
         "job_timeout": s.job_timeout, "retry_window": s.retry_window, "heartbeat_interval": s.heartbeat_interval,
         "retry_after": s.retry_after, "recovery_retry_after": s.recovery_retry_after,
         "max_retry_attempts": s.max_retry_attempts, "download_timeout": s.download_timeout,
-        "workers": s.workers, "slow_seconds": round(_slow_seconds(s), 1),
+        "max_wait": s.max_wait, "workers": s.workers, "slow_seconds": round(_slow_seconds(s), 1),
         # A stuck job is noticed after job-timeout; each retry adds one more (CONTRACT 3, "why row 7 exists").
         "fail_fast_seconds": round(s.job_timeout * (s.max_retry_attempts + 1) + 2 * s.recovery_retry_after, 1),
     }
@@ -376,8 +380,8 @@ def banner(demo: Demo, base_url: str) -> str:
         "",
         "Or with curl:",
         f"  curl -i -H 'Authorization: Bearer {token}' {base_url}/api/recordings/file/{ready}",
-        f"  curl -i -X POST -H 'Authorization: Bearer {admin}' {base_url}/admin/workers/pause",
-        f"  curl -i -X POST -H 'Authorization: Bearer {admin}' {base_url}/demo/calls/{ready}/reset",
+        f"  curl -i -X POST -d '' -H 'Authorization: Bearer {admin}' {base_url}/admin/workers/pause",
+        f"  curl -i -X POST -d '' -H 'Authorization: Bearer {admin}' {base_url}/demo/calls/{ready}/reset",
         f"  curl -s -H 'Authorization: Bearer {admin}' '{base_url}/admin/jobs?call_sid={ready}"
         f"&business_id={demo.business_id}'",
         f"  curl -s -H 'Authorization: Bearer {admin}' {base_url}/admin/retry-counters/{demo.business_id}/{ready}",

@@ -109,22 +109,27 @@ class ScenarioCard {
   /** fetch, plus a line in the answers panel for every answer to the recording URL. */
   loggingFetch(generation) {
     return async (input, init) => {
+      const askedMs = performance.now();
       const response = await fetch(input, init);
       const url = typeof input === "string" ? input : input.url;
       if (url.includes("/api/recordings/file/") && generation === this.generation) {
-        this.logAnswer(response);
+        this.logAnswer(response, "player", performance.now() - askedMs);
       }
       return response;
     };
   }
 
-  async logAnswer(response, how = "player") {
+  async logAnswer(response, how = "player", tookMs = 0) {
     const at = ((performance.now() - this.startedMs) / 1000).toFixed(1);
     const item = el("li", {"data-status": response.status},
       el("span", {class: "at"}, `+${at}s`), " ",
       el("span", {class: `status s${String(response.status)[0]}xx`}, response.status));
     const retryAfter = response.headers.get("Retry-After");
     if (retryAfter) item.append(` Retry-After ${retryAfter}`);
+    // CONTRACT 5b: a request the server held with Prefer: wait says so.
+    if (response.headers.get("Preference-Applied") && tookMs > 300) {
+      item.append(` held ${(tookMs / 1000).toFixed(1)}s`);
+    }
     if (how !== "player") item.append(` (${how})`);
     this.answers.append(item);
     if ((response.headers.get("Content-Type") || "").includes("json")) {
