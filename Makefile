@@ -23,6 +23,10 @@ test: $(VENV)/.pytest-installed
 demo:
 	$(PYTHON) -m recsvc demo
 
+# The single file: python3 dist/recsvc.pyz serve|worker|demo|fetch, from any folder.
+pyz:
+	$(PYTHON) tools/build_pyz.py dist/recsvc.pyz
+
 serve:
 	$(PYTHON) -m recsvc serve
 

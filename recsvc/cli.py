@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="HTTP API and, unless --workers 0, download workers")
     add_setting_flags(serve)
+    from .demo import add_demo_flags
+    add_demo_flags(commands.add_parser("demo", help="the teaching demo: recsvc, a fake upstream and a scenario page"))
     worker = commands.add_parser("worker", help="download workers only, no HTTP, on the same data dir")
     add_setting_flags(worker)
     commands.add_parser("fetch", help="wait for a recording as a player would and save it (see: fetch --help)")
@@ -66,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """SIGINT/SIGTERM set the returned event. Installed before the listening line, so none is missed."""
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -74,6 +77,11 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def _wait_for_signal(stop: threading.Event | None = None) -> None:
+    stop = stop if stop is not None else _stop_on_signal()
     while not stop.wait(3600):
         pass
 
@@ -107,6 +115,20 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
     return 0
 
 
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo_main
+    stop = _stop_on_signal()
+    return demo_main(args, wait_for_signal=lambda: _wait_for_signal(stop))
+
+
+# One line per command; parsing stays in _parser().
+COMMANDS = {
+    "serve": lambda args: run_service(args, http=True),
+    "worker": lambda args: run_service(args, http=False),
+    "demo": run_demo,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["fetch"]:  # the player on the command line has its own flags (recsvc.fetch)
@@ -117,9 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         return conformance_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        return run_service(args, http=True)
-    if args.command == "worker":
-        return run_service(args, http=False)
-    parser.print_help(sys.stderr)
-    return 2
+    runner = COMMANDS.get(args.command)
+    if runner is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return runner(args)
