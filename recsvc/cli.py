@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _announce(line: str) -> None:
+    """One whole line on stderr in a single write: print() writes the text and its newline
+    separately, and a worker thread's log line could land between them (CONTRACT 2's
+    listening line must stay one line)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _wait_for_signal() -> None:
     stop = threading.Event()
 
@@ -65,10 +73,10 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
         print(f"recsvc: error: cannot start: {exc}", file=sys.stderr)
         return 1
     if http:
-        print(f"recsvc listening on {app.base_url}", file=sys.stderr, flush=True)
+        _announce(f"recsvc listening on {app.base_url}")
     else:
-        print(f"recsvc worker {app.pool.worker_id if app.pool else '(no threads)'} running on "
-              f"{settings.data_dir}", file=sys.stderr, flush=True)
+        _announce(f"recsvc worker {app.pool.worker_id if app.pool else '(no threads)'} running on "
+                  f"{settings.data_dir}")
     _wait_for_signal()
     log.info("stopping: waiting up to %gs for downloads in flight", settings.shutdown_grace)
     finished = app.stop()
