@@ -19,6 +19,7 @@ import urllib.parse
 
 from .cache import RecordingCache
 from .clock import Clock, iso_utc, wait_seconds
+from .counter import CounterError
 from .decision import (
     CallNotFound, FirstJob, NoLiveWorker, NoRecordingUrl, Processing, RecordingNotFoundUpstream, RetryAllowed,
     RetryRefused, ServeFile, WORKER_NOT_PROCESSING_QUEUE,
@@ -159,6 +160,9 @@ class Api:
             response = exc.response()
         except StoreBusy:
             response = json_error(503, "storage_busy", "The database is busy; try again.", (("Retry-After", "1"),))
+        except CounterError:  # only the admin view reads the counter without failing open
+            response = json_error(503, "counter_unavailable", "The retry counter is unavailable; try again.",
+                                  (("Retry-After", "1"),))
         except Exception:
             log.exception("unexpected error answering %s %s", request.method, request.path)
             response = json_error(500, "internal_error", "Internal server error.")

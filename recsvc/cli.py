@@ -68,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _announce(line: str) -> None:
+    """One whole line on stderr in a single write: print() writes the text and its newline
+    separately, and a worker thread's log line could land between them (CONTRACT 2's
+    listening line must stay one line)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _stop_on_signal() -> threading.Event:
     """SIGINT/SIGTERM set the returned event. Installed before the listening line, so none is missed."""
     stop = threading.Event()
@@ -98,16 +106,17 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
         print("recsvc: error: --workers must be at least 1 for the worker command, got '0'", file=sys.stderr)
         return 2
     configure_logging(settings.log_format)
+    stop = _stop_on_signal()  # before the listening line: a signal right after it is not missed
     try:
         app = App(settings).start(http=http)
     except OSError as exc:
         print(f"recsvc: error: cannot start: {exc}", file=sys.stderr)
         return 1
     if http:
-        print(f"recsvc listening on {app.base_url}", file=sys.stderr, flush=True)
+        _announce(f"recsvc listening on {app.base_url}")
     else:
-        print(f"recsvc worker {app.pool.worker_id} running on {settings.data_dir}", file=sys.stderr, flush=True)
-    _wait_for_signal()
+        _announce(f"recsvc worker {app.pool.worker_id} running on {settings.data_dir}")
+    _wait_for_signal(stop)
     log.info("stopping: waiting up to %gs for downloads in flight", settings.shutdown_grace)
     finished = app.stop()
     if not finished:

@@ -617,7 +617,11 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     allow_reuse_address = True
     daemon_threads = True
     block_on_close = False  # idle keep-alive connections must not hold up server_close
-    request_queue_size = 128
+    # The listen backlog. 128 is the floor the contract names, but a burst of
+    # a few hundred connects overflows exactly 128 before the accept loop
+    # catches up, and the SYN-cookie fallback then resets some of them; the
+    # kernel caps this at net.core.somaxconn.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], app: Callable[[Request], Response], *, idle_timeout: float = 15, max_connections: int = 256, access_log: bool = True):
         if not idle_timeout > 0:

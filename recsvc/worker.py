@@ -26,6 +26,7 @@ this host that no longer exists are failed ``orphaned`` and replaced in place.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import threading
@@ -233,7 +234,10 @@ class WorkerPool:
             self._fail(job, STORAGE_ERROR, f"could not store the recording: {exc.strerror or exc}")
         finally:
             if temp is not None and not temp.closed:
-                temp.close()
+                # Closing retries a flush that already failed (disk full): that
+                # second error must not skip removing the temporary file.
+                with contextlib.suppress(OSError):
+                    temp.close()
             if temp_path is not None:
                 self.files.discard(temp_path)
             self.metrics.observe_job_duration(time.monotonic() - started)
