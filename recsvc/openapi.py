@@ -49,6 +49,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "http_version_not_supported": (505, "Only HTTP/1.0 and HTTP/1.1 are spoken."),
     "too_many_connections": (503, "Past --max-connections; the connection is closed (2)."),
     "storage_busy": (503, "The database stayed locked; ask again after Retry-After."),
+    "counter_unavailable": (503, "The retry counter backend did not answer (GET /admin/retry-counters)."),
     "invalid_signature": (403, "A Twilio webhook without a valid X-Twilio-Signature of a registered account."),
     "business_not_found": (404, "No business with that id."),
     "internal_error": (500, "An unexpected failure; never carries a traceback (6)."),
@@ -206,7 +207,8 @@ def _paths() -> dict:
             "getRetryCounter", "A call's retry counter as Redis has it (CONTRACT 3).", {
                 "200": _ok("The counter; attempts 0 and ttl -2 when the key does not exist.", "RetryCounter"),
                 "400": _error("Bad business_id or call_sid.", "invalid_business_id", "invalid_call_sid"),
-                "401": UNAUTHORIZED, "404": ADMIN_OFF},
+                "401": UNAUTHORIZED, "404": ADMIN_OFF,
+                "503": _error("The counter backend did not answer.", "counter_unavailable", headers=("Retry-After",))},
             security=ADMIN, parameters=("BusinessIdPath", "CallSid"), tag="admin")},
         "/healthz": {"get": _op("healthz", "200 while the process serves.", {"200": _ok("Serving.", "Health")})},
         "/readyz": {"get": _op("readyz", "Ready when the database answers and a live worker exists.", {
