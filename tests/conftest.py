@@ -169,8 +169,58 @@ def make_harness(tmp_path, clock, upstream):
 
 
 @pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server of this test, on a free loopback port (skip the test when absent)."""
+    from redis_server import REDIS_MISSING, RedisServer
+    if REDIS_MISSING:
+        pytest.skip("redis-server is not installed: apt-get install redis-server")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+HANG_SECONDS = 10  # --download-timeout while a test holds downloads hung: far longer than any test
+
+
+@pytest.fixture
+def hanging(make_harness, upstream):
+    """``hanging(**settings)``: recsvc whose downloads may hang for the whole test.
+
+    At the end the hung downloads are let go, so stopping recsvc does not
+    wait out its grace period on them.
+    """
+    yield lambda **overrides: make_harness(**{"download_timeout": HANG_SECONDS, **overrides})
+    upstream.hang_all = False
+    upstream.release()
+
+
+@pytest.fixture
 def svc(make_harness) -> Harness:
     return make_harness()
+
+
+def wait_until(predicate, timeout: float, step: float = 0.02) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def stop_processes(*procs) -> None:
+    """SIGTERM each started process, then SIGKILL what has not exited within 5 s."""
+    for proc in procs:
+        if proc is None:
+            continue
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def spawn_recsvc(command: str, data_dir, *args: str, env: dict | None = None) -> subprocess.Popen:

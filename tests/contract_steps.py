@@ -15,13 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import pytest
-
 from recsvc.demo_audio import tune_for
 
 JOB_TIMEOUT = 300          # the default --job-timeout; the sweeper then runs every 60 real seconds
 PAST_JOB_TIMEOUT = JOB_TIMEOUT + 1
-HANG_SECONDS = 10          # --download-timeout while a test holds downloads hung: far longer than any test
 
 if TYPE_CHECKING:
     from conftest import Answer, Harness
@@ -133,18 +130,6 @@ def raw_exchange(h: Harness, data: bytes, timeout: float = 5.0) -> tuple[int, by
             received += chunk
     status = int(received.split(b" ", 2)[1])
     return status, received
-
-
-@pytest.fixture
-def hanging(make_harness, upstream):
-    """``hanging(**settings)``: recsvc whose downloads may hang for the whole test (import it to use it).
-
-    At the end the hung downloads are let go, so stopping recsvc does not
-    wait out its grace period on them.
-    """
-    yield lambda **overrides: make_harness(**{"download_timeout": HANG_SECONDS, **overrides})
-    upstream.hang_all = False
-    upstream.release()
 
 
 def shared_harness(tmp_path_factory, **overrides):

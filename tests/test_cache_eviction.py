@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 
-from conftest import ADMIN_TOKEN, request, spawn_recsvc, wait_listening
+from conftest import ADMIN_TOKEN, request, spawn_recsvc, stop_processes, wait_listening
 from recsvc.app import DATABASE_FILE
 from recsvc.demo_audio import sized_wav
 
@@ -231,11 +231,4 @@ def test_a_play_answered_by_the_server_counts_when_a_separate_worker_process_evi
         store_remote("CAc")
         assert [cached_remote(sid) for sid in ("CAa", "CAb", "CAc")] == [True, False, True]
     finally:
-        for proc in (worker, server):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except Exception:
-                    proc.kill()
-                    proc.wait(5)
+        stop_processes(worker, server)

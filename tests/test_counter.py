@@ -35,14 +35,6 @@ class FakeClock:
         self.now += seconds
 
 
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
-
-
 @pytest.fixture(scope="module")
 def shared_redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))

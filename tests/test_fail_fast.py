@@ -14,7 +14,7 @@ import os
 import pytest
 from conftest import Harness, make_settings
 from contract_steps import (
-    JOB_TIMEOUT, PAST_JOB_TIMEOUT, cached_file, call_with_recording, hanging, jobs_of, new_business,  # noqa: F401
+    JOB_TIMEOUT, PAST_JOB_TIMEOUT, cached_file, call_with_recording, jobs_of, new_business,
     play_until_cached, retry_counter, shared_harness, wait_for_job, wait_until_running,
 )
 

@@ -21,7 +21,9 @@ import urllib.parse
 
 import pytest
 
-from conftest import ADMIN_TOKEN, FakeClock, Harness, make_settings, request, spawn_recsvc, wait_listening
+from conftest import (
+    ADMIN_TOKEN, FakeClock, Harness, make_settings, request, spawn_recsvc, wait_listening, wait_until,
+)
 from recsvc import app as app_module
 from recsvc.app import DATABASE_FILE, App
 from recsvc.counter import CounterError
@@ -42,15 +44,6 @@ def _jobs(data_dir, call_sid: str) -> list:
 def _temp_files(root) -> list[str]:
     return [os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names
             if name.endswith(TEMP_SUFFIX)]
-
-
-def _wait(predicate, timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def _tracebacks(caplog) -> list[str]:
@@ -101,7 +94,7 @@ def test_sigterm_stops_accepting_lets_the_download_finish_within_the_grace_and_e
         token = _start_slow_download(base_url, upstream, "/slow.wav", body, seconds=1.5)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert _wait(lambda: _refuses_connections(base_url), 1.0), "still accepting connections after SIGTERM"
+        assert wait_until(lambda: _refuses_connections(base_url), 1.0), "still accepting connections after SIGTERM"
         refused_after = time.monotonic() - signalled
         assert proc.poll() is None, "exited before the download in flight finished"
         code = proc.wait(8)
@@ -149,7 +142,7 @@ def test_sigterm_with_a_download_longer_than_the_grace_exits_0_and_the_orphan_is
         orphan = next(j for j in jobs if j.id == left[0].id)
         assert (orphan.status, orphan.error_code, orphan.error_message) == ("failed", "orphaned", "worker restarted")
         assert len(jobs) == 2 and jobs[0].attempt == orphan.attempt  # replaced, not a retry
-        assert _wait(lambda: _jobs(data_dir, "CASLOW")[0].status == "completed", 10)
+        assert wait_until(lambda: _jobs(data_dir, "CASLOW")[0].status == "completed", 10)
         answer = request(base_url, "GET", "/api/recordings/file/CASLOW", token=token)
         assert answer.status == 200 and answer.body == body
     finally:

@@ -15,21 +15,13 @@ import time
 
 import pytest
 
+from conftest import wait_until
 from rawhttp import connect, exchange, parse_answer, read_until_closed, request_bytes, reset
 from recsvc.demo_audio import sized_wav
 
 
 def _address(svc):
     return svc.app.address
-
-
-def _wait(predicate, timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def _tracebacks(caplog) -> list[logging.LogRecord]:
@@ -69,7 +61,7 @@ def test_200_trickling_connections_do_not_hold_200_threads_past_the_deadline(mak
     baseline = threading.active_count()
     sockets = [connect(_address(svc)) for _ in range(200)]
     try:
-        assert _wait(lambda: svc.app.http.connections == 200, 3), svc.app.http.connections
+        assert wait_until(lambda: svc.app.http.connections == 200, 3), svc.app.http.connections
         peak = threading.active_count()
         started = time.monotonic()
         open_sockets = list(sockets)
@@ -80,7 +72,7 @@ def test_200_trickling_connections_do_not_hold_200_threads_past_the_deadline(mak
                 except OSError:
                     open_sockets.remove(sock)
             time.sleep(0.2)
-        released = _wait(lambda: svc.app.http.connections == 0, 2)
+        released = wait_until(lambda: svc.app.http.connections == 0, 2)
         after = threading.active_count()
     finally:
         for sock in sockets:
@@ -88,7 +80,7 @@ def test_200_trickling_connections_do_not_hold_200_threads_past_the_deadline(mak
     print(f"\ntrickling connections: 200, threads at peak {peak}, baseline {baseline}, after the deadline {after}")
     assert peak >= baseline + 150, "the connections were not being served at all"
     assert released, f"{svc.app.http.connections} trickling connections still served after the deadline"
-    assert _wait(lambda: threading.active_count() <= baseline + 5, 2), \
+    assert wait_until(lambda: threading.active_count() <= baseline + 5, 2), \
         f"{threading.active_count()} threads after the deadline, {baseline} before"
 
 
@@ -205,7 +197,7 @@ def test_every_client_reset_costs_at_most_one_log_line_and_no_traceback(svc, ups
                 time.sleep(0.02)
             reset(sock)
             resets += 1
-    assert _wait(lambda: svc.app.http.connections == 0, 5)
+    assert wait_until(lambda: svc.app.http.connections == 0, 5)
     time.sleep(0.1)
     lines = [r for r in caplog.records if r.name.startswith("recsvc") and r.name != "recsvc.access"]
     print(f"\nclient resets: {resets}, log lines (access log aside): {len(lines)}")
@@ -272,7 +264,7 @@ def test_the_connection_after_max_connections_gets_503_and_is_closed(make_harnes
     address = _address(svc)
     held = [connect(address) for _ in range(3)]
     try:
-        assert _wait(lambda: svc.app.http.connections == 3, 2)
+        assert wait_until(lambda: svc.app.http.connections == 3, 2)
         with connect(address) as extra:
             started = time.monotonic()
             answer = parse_answer(read_until_closed(extra, 2))  # returns only once closed
@@ -284,7 +276,7 @@ def test_the_connection_after_max_connections_gets_503_and_is_closed(make_harnes
     finally:
         for sock in held:
             sock.close()
-    assert _wait(lambda: svc.app.http.connections == 0, 2)
+    assert wait_until(lambda: svc.app.http.connections == 0, 2)
     assert svc.request("GET", "/healthz").status == 200
 
 

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 from contract_steps import (
-    PAST_JOB_TIMEOUT, at_once, call_with_recording, hanging, jobs_of, new_business, play_until_cached,  # noqa: F401
+    PAST_JOB_TIMEOUT, at_once, call_with_recording, jobs_of, new_business, play_until_cached,
     retry_counter, shared_harness, wait_for_job, wait_until_running,
 )
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import HANG_SECONDS
 from contract_steps import (
-    HANG_SECONDS, cached_file, call_with_recording, hanging, jobs_of, new_business, play_until_cached,  # noqa: F401
+    cached_file, call_with_recording, jobs_of, new_business, play_until_cached,
     retry_counter, shared_harness, wait_for_job, wait_until_running,
 )
 

@@ -15,7 +15,7 @@ from datetime import datetime
 
 import pytest
 
-from conftest import ADMIN_TOKEN, request, running_harness, spawn_recsvc, wait_listening
+from conftest import ADMIN_TOKEN, request, running_harness, spawn_recsvc, stop_processes, wait_listening
 from recsvc.client import RecordingClient, default_opener
 from recsvc.demo_audio import sized_wav, tune_for
 from recsvc.fake_upstream import FakeUpstream
@@ -294,14 +294,7 @@ def test_a_request_held_on_a_job_run_by_a_separate_worker_process_is_answered_pr
         assert DELAY <= elapsed
         assert 0 <= latency < 0.3
     finally:
-        for proc in (worker, server):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except Exception:
-                    proc.kill()
-                    proc.wait(5)
+        stop_processes(worker, server)
 
 
 # ---------------------------------------------------------------- what it buys a player

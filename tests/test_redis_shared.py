@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import ADMIN_TOKEN, request, spawn_recsvc, wait_listening
-from redis_server import RedisServer, requires_redis
+from redis_server import requires_redis
 
 pytestmark = requires_redis
 
@@ -19,17 +19,9 @@ JOB_TIMEOUT = 0.4
 
 
 @pytest.fixture
-def redis(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def two_servers(tmp_path, redis, upstream):
+def two_servers(tmp_path, redis_server, upstream):
     data_dir = tmp_path / "data"
-    args = ["--port", "0", "--counter", redis.url(db=1), "--job-timeout", str(JOB_TIMEOUT),
+    args = ["--port", "0", "--counter", redis_server.url(db=1), "--job-timeout", str(JOB_TIMEOUT),
             "--heartbeat-interval", "0.2", "--retry-window", "60", "--download-timeout", "30",
             "--allow-upstream", "loopback", "--admin-token", ADMIN_TOKEN, "--workers", "2"]
     procs = []
@@ -76,13 +68,13 @@ def test_two_processes_share_one_fail_fast_count(two_servers, upstream):
     assert counter["attempts"] == 3 and counter["key"] == "recording_retry_attempts:1:CAshared"
 
 
-def test_a_killed_redis_server_makes_retries_fail_open(two_servers, upstream, redis):
+def test_a_killed_redis_server_makes_retries_fail_open(two_servers, upstream, redis_server):
     base_a, base_b, procs = two_servers
     token = setup_hung_call(base_a, upstream, "CAopen")
     assert play(base_a, token, "CAopen").json["attempt"] == 0
     time.sleep(JOB_TIMEOUT + 0.15)
     assert play(base_b, token, "CAopen").json["attempt"] == 1
-    redis.kill()
+    redis_server.kill()
     answers = []
     for turn in range(4):  # past the limit: with no counter, every retry is allowed
         time.sleep(JOB_TIMEOUT + 0.15)
