@@ -120,24 +120,20 @@ class RecordingService:
     # ------------------------------------------------------------ play (CONTRACT 3)
 
     def _facts(self, tx: Tx, business_id: int, call_sid: str) -> tuple[PlayFacts, Recording | None, BinaryIO | None]:
-        call = tx.get_call(business_id, call_sid)
-        recording = handle = None
-        latest = None
-        if call is not None:
-            recording = tx.get_recording(business_id, call_sid)
-            if recording is not None:
-                handle = self.files.open_intact(recording.path, recording.size)
-            if handle is None and call.recording_url:
-                latest = tx.latest_job_for_url(business_id, call_sid, call.recording_url)
-        live = handle is None and call is not None and tx.live_worker(self.clock())
-        facts = PlayFacts(authenticated=True, call_sid_valid=True, call=call, recording_intact=handle is not None,
-                          latest_job=latest, live_worker=live)
+        snapshot = tx.play_snapshot(business_id, call_sid, self.clock())
+        if snapshot is None:
+            return PlayFacts(True, True, None, False, None, False), None, None
+        recording = snapshot.recording
+        handle = self.files.open_intact(recording.path, recording.size) if recording is not None else None
+        facts = PlayFacts(authenticated=True, call_sid_valid=True, call=snapshot.call,
+                          recording_intact=handle is not None, latest_job=snapshot.latest_job,
+                          live_worker=snapshot.live_worker)
         return facts, recording, handle
 
     def play(self, business_id: int, call_sid: str, effects: bool = True) -> PlayResult:
         """CONTRACT 3 for one request. With ``effects=False`` nothing is written: an outcome
         that would create or fail a job is returned undone (a held request looking again, 5b)."""
-        with self.store.reading() as tx:
+        with self.store.single() as tx:  # the hot 202 poll: one statement, no transaction to open
             facts, recording, handle = self._facts(tx, business_id, call_sid)
         outcome = decide_play(facts, self.clock(), self.settings)
         if recording is not None and handle is None and effects:

@@ -22,13 +22,14 @@ database from version i to i+1, so every release can open every older file.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from typing import Iterator
 
 from .model import COMPLETED, FAILED, QUEUED, RUNNING, Call, Job, Recording, TwilioAccount
@@ -131,6 +132,20 @@ SQL = {
     # calls
     "get_call": "SELECT business_id, call_sid, recording_url, created_at FROM calls "
                 "WHERE business_id = ? AND call_sid = ?",
+    # Everything a play request decides on, in one statement (one consistent
+    # snapshot): the call, its cached recording, the newest job for its current
+    # URL with its worker's heartbeat interval, and whether any worker is live.
+    "play_snapshot": "SELECT c.recording_url, c.created_at, "
+                     "r.recording_url, r.path, r.size, r.sha256, r.content_type, r.stored_at, "
+                     f"{_JOB_COLUMNS}, "
+                     "EXISTS (SELECT 1 FROM workers WHERE heartbeat_at > ?3 - 3 * heartbeat_interval "
+                     "        AND threads > 0 AND (SELECT workers_paused FROM control WHERE id = 1) = 0) "
+                     "FROM calls AS c "
+                     "LEFT JOIN recordings AS r ON r.business_id = c.business_id AND r.call_sid = c.call_sid "
+                     "LEFT JOIN jobs AS j ON j.id = (SELECT id FROM jobs WHERE business_id = c.business_id "
+                     "    AND call_sid = c.call_sid AND recording_url = c.recording_url ORDER BY id DESC LIMIT 1) "
+                     "LEFT JOIN workers AS w ON w.id = j.worker_id "
+                     "WHERE c.business_id = ?1 AND c.call_sid = ?2",
     "businesses_with_call": "SELECT business_id FROM calls WHERE call_sid = ?",
     "upsert_twilio_account": "INSERT INTO twilio_accounts (account_sid, business_id, auth_token, media_format) "
                              "VALUES (?, ?, ?, ?) ON CONFLICT (business_id) DO UPDATE SET "
@@ -223,6 +238,14 @@ def _jobs(rows: list[tuple]) -> list[Job]:
     return [_job(r) for r in rows]
 
 
+@dataclass(frozen=True)
+class PlaySnapshot:
+    call: Call
+    recording: Recording | None
+    latest_job: Job | None       # the newest job for the call's current recording_url
+    live_worker: bool
+
+
 class StoreBusy(Exception):
     """The database stayed locked past every retry."""
 
@@ -257,6 +280,16 @@ class Tx:
     def get_call(self, business_id: int, call_sid: str) -> Call | None:
         row = self._one("get_call", business_id, call_sid)
         return Call(*row) if row else None
+
+    def play_snapshot(self, business_id: int, call_sid: str, now: float) -> PlaySnapshot | None:
+        """The call with its recording, latest job for its URL and worker liveness; None: no call."""
+        row = self._one("play_snapshot", business_id, call_sid, now)
+        if row is None:
+            return None
+        call = Call(business_id, call_sid, row[0], row[1])
+        recording = Recording(business_id, call_sid, *row[2:8]) if row[3] is not None else None
+        job = _job(row[8:23]) if row[8] is not None else None
+        return PlaySnapshot(call, recording, job, bool(row[23]))
 
     def businesses_with_call(self, call_sid: str) -> list[int]:
         return [row[0] for row in self._all("businesses_with_call", call_sid)]
@@ -396,7 +429,8 @@ class Store:
     def __init__(self, path: str, busy_timeout: float = 5.0):
         self.path = path
         self._busy_timeout = busy_timeout
-        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        # Idle connections; deque's append and pop are atomic, so no lock is needed.
+        self._idle: collections.deque[sqlite3.Connection] = collections.deque()
         self._all_lock = threading.Lock()  # guards _all
         self._all: list[sqlite3.Connection] = []
         with self._connection() as conn:
@@ -417,15 +451,15 @@ class Store:
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
+            conn = self._idle.pop()
+        except IndexError:
             conn = self._connect()
         try:
             yield conn
         finally:
             if conn.in_transaction:  # never hand a half-open transaction to the next user
                 conn.rollback()
-            self._idle.put(conn)
+            self._idle.append(conn)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -457,6 +491,12 @@ class Store:
                 yield Tx(conn)
             finally:
                 conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def single(self) -> Iterator[Tx]:
+        """A connection for one statement, which SQLite runs as its own snapshot: no BEGIN."""
+        with self._connection() as conn:
+            yield Tx(conn)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Tx]:
