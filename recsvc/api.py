@@ -24,7 +24,7 @@ from .decision import (
     CallNotFound, FirstJob, NoLiveWorker, NoRecordingUrl, Processing, RecordingNotFoundUpstream, RetryAllowed,
     RetryRefused, ServeFile, WORKER_NOT_PROCESSING_QUEUE,
 )
-from .httpcore import FileBody, Request, Response, json_error
+from .http_protocol import FileBody, Request, Response, json_error
 from .links import LinkSigner
 from .media import Conditions, plan_response, strong_etag
 from .metrics import Metrics

@@ -33,7 +33,8 @@ import sys
 import urllib.parse
 from dataclasses import dataclass
 
-from .conformance_checks import CHECKS, Check, Fail, Skip, Target
+from .conformance_checks import CHECKS, Check
+from .conformance_http import Fail, Skip, Target
 from .demo_audio import tune_for
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"

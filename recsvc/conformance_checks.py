@@ -11,24 +11,22 @@ to hang or answer 404). ``CHECKS`` keeps registration order, which is the
 run order: provisioning first (it fills in call states with --admin-token),
 then reads, then the drills that pause the workers.
 
-Requests go out through ``http.client`` with the path exactly as written,
-so a check can send a raw path that a URL library would re-encode.
+Requests go out, and answers are judged, through ``recsvc.conformance_http``
+(``Target.ask`` and the ``expect_*`` assertions).
 """
 
 from __future__ import annotations
 
 import email.utils
-import http.client
-import json
 import re
-import secrets
-import ssl
 import time
-import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-from .client import ClientError, RecordingClient, RecordingNotFound, RecordingTimeout
+from .client import ClientError, RecordingNotFound, RecordingTimeout
+from .conformance_http import (
+    Answer, Fail, Skip, Target, expect, expect_error, expect_header, expect_retry_after, expect_status,
+)
 
 AUDIO_MAGIC = {"audio/wav": lambda b: b[:4] == b"RIFF" and b[8:12] == b"WAVE",
                "audio/mpeg": lambda b: b[:3] == b"ID3" or (len(b) > 1 and b[0] == 0xFF and b[1] & 0xE0 == 0xE0),
@@ -38,14 +36,6 @@ PROCESSING_FIELDS = ("status", "job_id", "job_status", "attempt", "max_attempts"
 JOB_FIELDS = ("id", "business_id", "call_sid", "recording_url", "status", "created_at", "started_at",
               "finished_at", "heartbeat_at", "worker_id", "error_code", "error_message")
 HOP_HEADERS = {"date", "connection", "keep-alive"}  # may differ between two answers; not part of the promise
-
-
-class Fail(Exception):
-    """The implementation broke the promise; the message says how."""
-
-
-class Skip(Exception):
-    """The check cannot run against this target with what it was given."""
 
 
 @dataclass(frozen=True)
@@ -66,152 +56,7 @@ def check(check_id: str, ref: str, *needs: str):
     return register
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    seconds: float = 0.0
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        return next((value for key, value in self.headers if key.lower() == name), None)
-
-    def json(self) -> dict:
-        try:
-            payload = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
-            raise Fail(f"HTTP {self.status} body is not JSON: {self.body[:60]!r}") from None
-        if not isinstance(payload, dict):
-            raise Fail(f"HTTP {self.status} body is JSON but not an object")
-        return payload
-
-
-_OWN = object()  # "use the target's token"
-
-
-@dataclass
-class Target:
-    """One implementation under test and what the kit knows about it."""
-
-    base_url: str
-    token: str
-    admin_token: str | None = None
-    calls: dict[str, tuple[str, str]] = field(default_factory=dict)  # state -> (business token, call_sid)
-    upstream_url: str | None = None       # serves audio
-    own_upstream: object = None           # a recsvc.fake_upstream.FakeUpstream the kit scripts
-    timeout: float = 30.0
-    notes: dict = field(default_factory=dict)  # what one check leaves for a later one
-    run_id: str = field(default_factory=lambda: secrets.token_hex(4))
-
-    def __post_init__(self):
-        parts = urllib.parse.urlsplit(self.base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"--base-url must be an http(s) URL, got {self.base_url!r}")
-        self._parts = parts
-        self.prefix = parts.path.rstrip("/")
-
-    def has(self, need: str) -> bool:
-        if need == "admin":
-            return self.admin_token is not None
-        if need == "upstream":
-            return self.upstream_url is not None
-        if need == "own_upstream":
-            return self.own_upstream is not None
-        return need in self.calls
-
-    def call(self, state: str) -> tuple[str, str]:
-        return self.calls[state]
-
-    def ask(self, method: str, path: str, *, token=_OWN, headers: dict | None = None, body=None) -> Answer:
-        """One request on a fresh connection; ``path`` is sent as is, after the base URL's own path."""
-        parts = self._parts
-        if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=self.timeout,
-                                               context=ssl.create_default_context())
-        else:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
-        all_headers = dict(headers or {})
-        token = self.token if token is _OWN else token
-        if token is not None:
-            all_headers["Authorization"] = f"Bearer {token}"
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            all_headers["Content-Type"] = "application/json"
-        started = time.monotonic()
-        try:
-            conn.request(method, self.prefix + path, body=data, headers=all_headers)
-            response = conn.getresponse()
-            payload = response.read()
-            return Answer(response.status, response.getheaders(), payload, time.monotonic() - started)
-        except (OSError, http.client.HTTPException) as exc:
-            raise Fail(f"{method} {path}: no HTTP answer ({type(exc).__name__}: {exc})") from None
-        finally:
-            conn.close()
-
-    def play(self, state: str, method: str = "GET", headers: dict | None = None) -> Answer:
-        token, call_sid = self.call(state)
-        return self.ask(method, f"/api/recordings/file/{call_sid}", token=token, headers=headers)
-
-    def client(self, token: str | None, max_wait: float = 15) -> RecordingClient:
-        return RecordingClient(self.base_url, token, max_wait=max_wait, request_timeout=self.timeout)
-
-    def ready(self) -> Answer:
-        """The ready call's plain GET, asked once and remembered."""
-        if "ready_get" not in self.notes:
-            answer = self.play("ready")
-            expect(answer.status == 200, f"GET of the ready call answered {answer.status}, not 200")
-            self.notes["ready_get"] = answer
-        return self.notes["ready_get"]
-
-    def admin(self, method: str, path: str, body=None) -> Answer:
-        return self.ask(method, path, token=self.admin_token, body=body)
-
-    def new_sid(self, label: str) -> str:
-        return f"conf-{label}-{self.run_id}"
-
-
-# ---------------------------------------------------------------- assertions
-
-def expect(condition: bool, reason: str) -> None:
-    if not condition:
-        raise Fail(reason)
-
-
-def expect_status(answer: Answer, status: int) -> None:
-    if answer.status != status:
-        try:
-            said = f" {answer.json().get('error')}"
-        except Fail:
-            said = ""
-        raise Fail(f"answered {answer.status}{said}, not {status}")
-
-
-def expect_error(answer: Answer, status: int, code: str | None) -> dict:
-    """CONTRACT 3: every error body is JSON {"error": code, "message": sentence, ...}."""
-    expect_status(answer, status)
-    content_type = (answer.header("content-type") or "").split(";")[0].strip().lower()
-    expect(content_type == "application/json", f"{status} Content-Type is {content_type or 'missing'}, not application/json")
-    body = answer.json()
-    expect(isinstance(body.get("error"), str), f"{status} body has no string 'error'")
-    expect(code is None or body["error"] == code, f"error is {body.get('error')!r}, not {code!r}")
-    expect(isinstance(body.get("message"), str) and body["message"], f"{status} body has no 'message' sentence")
-    return body
-
-
-def expect_header(answer: Answer, name: str, pattern: str) -> str:
-    value = answer.header(name)
-    expect(value is not None, f"no {name} header")
-    expect(re.fullmatch(pattern, value) is not None, f"{name}: {value!r} does not match {pattern}")
-    return value
-
-
-def expect_retry_after(answer: Answer) -> int:
-    seconds = int(expect_header(answer, "Retry-After", r"[0-9]+"))
-    expect(seconds >= 1, f"Retry-After is {seconds}, not at least 1")
-    return seconds
-
+# ---------------------------------------------------------------- assertions on the ready call
 
 def expect_partial(t: Target, range_header: str, first: int, last: int) -> None:
     """CONTRACT 5: one range is a 206 with exactly those bytes and their Content-Range."""

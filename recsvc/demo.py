@@ -41,7 +41,7 @@ from .api import UNAUTHORIZED, ApiError, bearer_token, json_response
 from .app import DATABASE_FILE, App
 from .demo_audio import tune_for
 from .fake_upstream import FakeUpstream, Script
-from .httpcore import Request, Response
+from .http_protocol import Request, Response
 from .routes import make_route
 from .settings import SETTINGS, Settings, SettingsError, add_setting_flags, load_settings
 

@@ -1,32 +1,32 @@
-"""HTTP/1.1 transport: sockets in, ``Request`` objects to the app, ``Response`` bytes out.
+"""HTTP/1.1 transport: the sockets and threads between a listening port and the app callable.
 
 Theory of operation
 -------------------
 The application is one plain callable, ``app(request) -> Response``. This
-module owns everything between that callable and the socket, and decides
-nothing about recordings. It has two halves:
+module owns the sockets and threads between that callable and the network,
+and decides nothing about recordings. Turning bytes into values and values
+into bytes is pure and lives in ``recsvc.http_protocol`` (h11-style, no
+sockets there): parsing a request head, rendering a response, and every
+refusal as a ``RequestError`` that carries its status (CONTRACT 6, "HTTP
+hygiene"). The names of that module the rest of recsvc uses (``Request``,
+``Response``, ``FileBody``, ``json_error``, ...) are re-exported here.
 
-- **Pure protocol** (no sockets, h11-style): ``parse_request_line``,
-  ``parse_header_line``, ``body_length``, ``wants_keep_alive`` and
-  ``render_response`` turn bytes into values and values into bytes. Every
-  refusal is a ``RequestError`` that carries the status it implies, so the
-  caller only renders it (CONTRACT 6, "HTTP hygiene").
-- **Connection loop** (``_Connection``): one thread per accepted socket,
-  cycling through these states until one of them says *close*::
+``_Connection`` serves one accepted socket on one thread, cycling through
+these states until one of them says *close*::
 
-      IDLE   -- first byte of a request -->  HEAD
-      HEAD   -- blank line -->               BODY   (Content-Length bytes)
-      BODY   -- all bytes read -->           APP    (the app may take seconds)
-      APP    -- Response -->                 WRITE
-      WRITE  -- keep-alive -->               IDLE
-      any    -- error, timeout, close -->    CLOSED
+    IDLE   -- first byte of a request -->  HEAD
+    HEAD   -- blank line -->               BODY   (Content-Length bytes)
+    BODY   -- all bytes read -->           APP    (the app may take seconds)
+    APP    -- Response -->                 WRITE
+    WRITE  -- keep-alive -->               IDLE
+    any    -- error, timeout, close -->    CLOSED
 
-  IDLE and HEAD share ONE deadline of ``idle_timeout`` seconds, started
-  when the previous response was written (or the socket accepted). Each
-  ``recv`` waits only for the time left, so a client trickling one byte a
-  second is closed at the deadline just like a silent one. A connection
-  closed by that deadline gets no answer if nothing of a new request
-  arrived, else 408. BODY has a deadline of its own of the same length.
+IDLE and HEAD share ONE deadline of ``idle_timeout`` seconds, started when
+the previous response was written (or the socket accepted). Each ``recv``
+waits only for the time left, so a client trickling one byte a second is
+closed at the deadline just like a silent one. A connection closed by that
+deadline gets no answer if nothing of a new request arrived, else 408. BODY
+has a deadline of its own of the same length.
 
 Every error the transport itself answers is JSON (``json_error``) and closes
 the connection; so does a GET/HEAD/DELETE/OPTIONS that carried a body, so
@@ -41,19 +41,30 @@ thread) and logs one access line per request on ``recsvc.access``.
 
 from __future__ import annotations
 
-import email.utils
-import http
-import json
 import logging
-import re
 import select
 import socket
 import socketserver
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable
+
+from .http_protocol import (
+    MAX_HEADER_LINES,
+    MAX_LINE_BYTES,
+    METHODS_WITH_BODY,
+    FileBody,
+    Request,
+    RequestError,
+    Response,
+    body_length,
+    json_error,
+    parse_header_line,
+    parse_request_line,
+    render_response,
+    wants_keep_alive,
+)
 
 __all__ = [
     "HTTPServer",
@@ -73,254 +84,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("recsvc.access")
 
-# CONTRACT 6: the limits of one request.
-MAX_LINE_BYTES = 8192  # request line and each header line, without CRLF
-MAX_HEADER_LINES = 100  # 100 are fine, 101 are not
-MAX_BODY_BYTES = 65536
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # the others close if sent one
-
 _SMALL_BODY_BYTES = 65536  # a bytes body up to this goes out in the head's send
 _CHUNK_BYTES = 65536
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1 << 20
-
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TOKEN_STR = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
-_ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*")  # visible ASCII only
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB
-_BAD_VALUE_STR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-# Status line reasons, looked up once (an HTTPStatus(...) call per response
-# showed in the profile of the 202 poll).
-_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
-
-
-class _DateHeader:
-    """The Date value of this second: formatting it per response cost ~3% of the 202 poll's CPU."""
-
-    def __init__(self):
-        self._lock = threading.Lock()  # guards _second and _value
-        self._second = -1
-        self._value = ""
-
-    def __call__(self) -> str:
-        now = time.time()
-        second = int(now)
-        with self._lock:
-            if second != self._second:
-                self._second, self._value = second, email.utils.formatdate(second, usegmt=True)
-            return self._value
-
-
-_http_date = _DateHeader()
-
-
-def _never_gone() -> bool:
-    return False
-
-
-@dataclass(frozen=True)
-class Request:
-    """One parsed request, as the app sees it. Nothing in it is decoded."""
-
-    method: str  # as sent: methods are case-sensitive
-    target: str  # the raw request-target
-    path: str  # raw path before '?', not percent-decoded (CONTRACT 3, row 2)
-    query: str = ""  # raw query after '?', '' if none
-    version: str = "HTTP/1.1"
-    # repr=False: a Request in a log line must not leak Authorization.
-    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    body: bytes = field(default=b"", repr=False)
-    client_address: tuple = ("127.0.0.1", 0)
-    # True once the peer closed or reset; a held request (CONTRACT 5b) polls it.
-    client_gone: Callable[[], bool] = field(default=_never_gone, repr=False, compare=False)
-
-    def header(self, name: str) -> str | None:
-        """The first value of header ``name`` (case-insensitive), or None."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-
-@dataclass
-class FileBody:
-    """``count`` bytes of ``file`` from ``offset``, sent with ``socket.sendfile``.
-
-    The transport closes ``file`` once the response is sent (or abandoned).
-    """
-
-    file: BinaryIO
-    offset: int
-    count: int
-
-
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes | FileBody = b""
-    close: bool = False  # close the connection after this response
-
-
-def json_error(status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = (), **extra) -> Response:
-    """An error answer: ``{"error": code, "message": message, **extra}`` (CONTRACT 3)."""
-    body = json.dumps({"error": code, "message": message, **extra}).encode()
-    return Response(status, [("Content-Type", "application/json"), *headers], body)
-
-
-class RequestError(Exception):
-    """A request the transport refuses; it knows its status and JSON code."""
-
-    def __init__(self, status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = ()):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = tuple(headers)
-
-    def response(self) -> Response:
-        response = json_error(self.status, self.code, self.message, self.headers)
-        response.close = True  # CONTRACT 6: a refused request ends its connection
-        return response
-
-
-def _bad_request(message: str) -> RequestError:
-    return RequestError(400, "bad_request", message)
-
-
-# ---------------------------------------------------------------- pure protocol
-
-
-def parse_request_line(line: bytes) -> tuple[str, str, str]:
-    """``METHOD SP target SP HTTP/1.x`` -> (method, target, version)."""
-    parts = line.split(b" ")
-    if len(parts) != 3 or not all(parts):
-        raise _bad_request("The request line must be 'METHOD /path HTTP/1.1'.")
-    method, target, version = parts
-    if not _TOKEN.fullmatch(method):
-        raise _bad_request("The request method is not a valid token.")
-    if not _VERSION.fullmatch(version):
-        raise _bad_request("The request line must end with an HTTP version such as HTTP/1.1.")
-    if version not in (b"HTTP/1.0", b"HTTP/1.1"):
-        raise RequestError(505, "http_version_not_supported", "Only HTTP/1.0 and HTTP/1.1 are supported.")
-    if not _ORIGIN_FORM.fullmatch(target):
-        raise _bad_request("The request target must be a path starting with '/', in visible ASCII.")
-    if method.decode("ascii") not in METHODS:  # 405 for known methods is the app's job
-        raise RequestError(501, "not_implemented", "The request method is not implemented.")
-    return method.decode("ascii"), target.decode("ascii"), version.decode("ascii")
-
-
-def parse_header_line(line: bytes) -> tuple[str, str]:
-    """``name: value`` -> (lower-cased name, value without surrounding blanks)."""
-    if line[:1] in (b" ", b"\t"):
-        raise _bad_request("Folded header lines (obs-fold) are not accepted.")
-    name, colon, value = line.partition(b":")
-    if not colon:
-        raise _bad_request("A header line has no colon.")
-    if not _TOKEN.fullmatch(name):  # also refuses whitespace before the colon
-        raise _bad_request("A header name is not a valid token.")
-    value = value.strip(b" \t")
-    if _BAD_VALUE.search(value):
-        raise _bad_request("A header value contains control characters.")
-    return name.decode("ascii").lower(), value.decode("latin-1")
-
-
-def body_length(method: str, headers: Iterable[tuple[str, str]]) -> int:
-    """The request body's length from its framing headers (CONTRACT 6)."""
-    lengths = []
-    for name, value in headers:
-        if name == "transfer-encoding":
-            raise RequestError(400, "unsupported_transfer_encoding", "Transfer-Encoding is not accepted on requests; send Content-Length.")
-        if name == "content-length":
-            lengths.append(value)
-    if not lengths:
-        if method in METHODS_WITH_BODY:
-            raise RequestError(411, "length_required", "This request needs a Content-Length header.")
-        return 0
-    if len(lengths) > 1:  # even equal values: two framings are one too many
-        raise RequestError(400, "bad_content_length", "Content-Length was given more than once.")
-    value = lengths[0]
-    if not (value.isascii() and value.isdigit()):
-        raise RequestError(400, "bad_content_length", "Content-Length must be a non-negative integer.")
-    if len(value.lstrip("0")) > 12 or int(value) > MAX_BODY_BYTES:
-        raise RequestError(413, "body_too_large", f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-    return int(value)
-
-
-def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
-    return {token.strip().lower() for name, value in headers if name == "connection" for token in value.split(",")}
-
-
-def wants_keep_alive(version: str, headers: Iterable[tuple[str, str]]) -> bool:
-    """HTTP/1.1 stays open unless ``close``; HTTP/1.0 only with ``keep-alive``."""
-    tokens = _connection_tokens(headers)
-    if "close" in tokens:
-        return False
-    return version == "HTTP/1.1" or "keep-alive" in tokens
-
-
-def render_response(response: Response, method: str, version: str, keep_alive: bool) -> tuple[bytes, bytes | FileBody | None, bool]:
-    """Response -> (head bytes, body to send or None, keep_alive).
-
-    Raises ValueError/TypeError for a response that cannot be sent truthfully
-    (bad status, header injection, a Content-Length that lies about the body);
-    the caller treats that as an application bug.
-    """
-    status = response.status
-    if not isinstance(status, int) or not 200 <= status <= 599:
-        raise ValueError(f"response status {status!r} is not a final status")
-    body = response.body
-    if isinstance(body, (bytes, bytearray)):
-        size = len(body)
-    elif isinstance(body, FileBody):
-        if body.offset < 0 or body.count < 0:
-            raise ValueError("FileBody offset and count must not be negative")
-        size = body.count
-    else:
-        raise TypeError(f"response body must be bytes or FileBody, not {type(body).__name__}")
-    reason = _REASONS.get(status, "")
-    lines = [f"HTTP/1.1 {status} {reason}"]
-    names = set()
-    declared_length = None
-    keep_alive = keep_alive and not response.close
-    for name, value in response.headers:
-        if not _TOKEN_STR.fullmatch(name) or _BAD_VALUE_STR.search(value):
-            raise ValueError(f"response header {name!r} is not a valid header")
-        lower = name.lower()
-        if lower == "connection":  # the transport owns Connection; it honours "close"
-            keep_alive = keep_alive and "close" not in _connection_tokens([("connection", value)])
-            continue
-        if lower == "transfer-encoding":
-            raise ValueError("the transport frames bodies with Content-Length only")
-        if lower == "content-length":
-            if declared_length is not None or not (value.isascii() and value.isdigit()):
-                raise ValueError(f"response Content-Length {value!r} is invalid or repeated")
-            declared_length = int(value)
-        names.add(lower)
-        lines.append(f"{name}: {value}")
-    has_no_body = status in (204, 304)
-    if not has_no_body:
-        if declared_length is None:
-            lines.append(f"Content-Length: {size}")  # HEAD: what GET would send
-        elif method != "HEAD" and declared_length != size:
-            raise ValueError(f"response Content-Length {declared_length} but the body has {size} bytes")
-    if "date" not in names:
-        lines.append(f"Date: {_http_date()}")
-    if "server" not in names:
-        lines.append("Server: recsvc")
-    if not keep_alive:
-        lines.append("Connection: close")
-    elif version == "HTTP/1.0":
-        lines.append("Connection: keep-alive")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    if has_no_body or method == "HEAD" or size == 0:
-        return head, None, keep_alive
-    return head, body, keep_alive
 
 
 def _close_body(body: bytes | FileBody | None) -> None:
