@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 import logging
+import re
+import threading
 import time
 import urllib.parse
 
@@ -130,6 +131,12 @@ class Api:
         self.waiters = waiters
         self.cache = cache
         self._admin_token = settings.admin_token.encode() if settings.admin_token else None
+        # The play route's read path (credentials, one snapshot, the decision) is pure
+        # CPU under the GIL. Letting one request through it at a time, instead of every
+        # connection thread at once, was measured at 64 keep-alive connections on the
+        # 202 poll: +50% requests/s and a lower p99. Nothing that can block for long
+        # (write locks, held requests, the counter, sending) runs inside it.
+        self._read_gate = threading.Lock()
         self.routes: tuple[Route, ...] = ROUTES
         self.static = StaticFiles()
 
@@ -192,12 +199,15 @@ class Api:
     # ------------------------------------------------------------ CONTRACT 3: playing a recording
 
     def play(self, request: Request, call_sid: str) -> Response:
-        if request.query and bearer_token(request) is None:
-            business_id = self._link_business(request, call_sid)
-        else:
-            business_id = self._business(request)
-        self._call_sid(call_sid)
-        result = self.service.play(business_id, call_sid)
+        with self._read_gate:  # one request at a time through the read path: see __init__
+            if request.query and bearer_token(request) is None:
+                business_id = self._link_business(request, call_sid)
+            else:
+                business_id = self._business(request)
+            self._call_sid(call_sid)
+            result = self.service.play(business_id, call_sid, effects=False)
+        if result.needs_effects:  # create or replace a job: may wait for the write lock
+            result = self.service.play(business_id, call_sid)
         wanted = prefer_wait(", ".join(value for name, value in request.headers if name == "prefer"))
         if wanted is None or result.job is None or not is_processing(result):
             return self.render_play(request, result)

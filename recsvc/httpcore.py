@@ -109,6 +109,15 @@ class _PeerClosed(Exception):
     """The client closed its side before a whole request arrived."""
 
 
+def _uri_too_long() -> RequestError:
+    return RequestError(414, "uri_too_long", f"The request line is longer than {MAX_LINE_BYTES} bytes.")
+
+
+def _header_too_large() -> RequestError:
+    return RequestError(431, "header_too_large",
+                        f"Header lines are limited to {MAX_LINE_BYTES} bytes each and {MAX_HEADER_LINES} in all.")
+
+
 class _Reader:
     """A receive buffer over one socket; every read waits only for the time left."""
 
@@ -145,7 +154,7 @@ class _Reader:
         self._received += len(data)
         self._buffer += data
 
-    def read_line(self, deadline: float, too_long: RequestError) -> bytes:
+    def read_line(self, deadline: float, too_long: Callable[[], RequestError]) -> bytes:
         """One line without its CRLF (a bare LF is accepted too)."""
         while True:
             end = self._buffer.find(b"\n", self._scanned)
@@ -156,11 +165,11 @@ class _Reader:
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 if len(line) > MAX_LINE_BYTES:
-                    raise too_long
+                    raise too_long()
                 return line
             self._scanned = len(self._buffer)
             if len(self._buffer) > MAX_LINE_BYTES + 1:  # +1: room for a CR awaiting its LF
-                raise too_long
+                raise too_long()
             self._fill(deadline)
 
     def read_exact(self, count: int, deadline: float) -> bytes:
@@ -305,18 +314,17 @@ class _Connection:
         reader = self.reader
         line = b""
         while not line:  # RFC 9112 2.2: empty lines before a request line are ignored
-            line = reader.read_line(deadline, RequestError(414, "uri_too_long", f"The request line is longer than {MAX_LINE_BYTES} bytes."))
+            line = reader.read_line(deadline, _uri_too_long)
         method, target, version = parse_request_line(line)
         path, _, query = target.partition("?")
         self.current = (method, path)
-        header_too_large = RequestError(431, "header_too_large", f"Header lines are limited to {MAX_LINE_BYTES} bytes each and {MAX_HEADER_LINES} in all.")
         headers = []
         while True:
-            line = reader.read_line(deadline, header_too_large)
+            line = reader.read_line(deadline, _header_too_large)
             if not line:
                 break
             if len(headers) == MAX_HEADER_LINES:
-                raise header_too_large
+                raise _header_too_large()
             headers.append(parse_header_line(line))
         length = body_length(method, headers)
         # A body on a method without one: answer, then close, so bytes that

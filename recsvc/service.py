@@ -67,6 +67,12 @@ class PlayResult:
     recording: Recording | None = None  # with ``file`` open, for row 4
     file: BinaryIO | None = None
 
+    @property
+    def needs_effects(self) -> bool:
+        """An outcome of ``play(effects=False)`` that must be applied (rows 7, 8, 10)."""
+        return isinstance(self.outcome, (FirstJob, RetryNeeded)) or (
+            isinstance(self.outcome, NoLiveWorker) and self.outcome.create_job)
+
 
 class RecordingService:
     def __init__(self, settings: Settings, store: Store, files: RecordingFiles, counter: RetryCounter,
