@@ -38,8 +38,8 @@ from .clock import Clock
 from .files import HOSTNAME, RecordingFiles, process_alive
 from .media import AUDIO_TYPES
 from .metrics import Metrics
-from .model import ORPHANED, STORAGE_ERROR, TWILIO_CREDENTIALS, Job, Recording
-from .store import Store
+from .model import DOWNLOAD_FAILED, ORPHANED, STORAGE_ERROR, TWILIO_CREDENTIALS, Job, Recording
+from .store import Store, StoreBusy
 from .upstream import Downloader, DownloadFailed
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,8 @@ class WorkerPool:
         while not self._stopping.wait(self.heartbeat_interval):
             try:
                 self.heartbeat()
+            except StoreBusy:
+                log.warning("heartbeat skipped: the database stayed locked")
             except Exception:
                 log.exception("heartbeat failed")
 
@@ -232,6 +234,9 @@ class WorkerPool:
             self._fail(job, exc.code, exc.message)
         except OSError as exc:
             self._fail(job, STORAGE_ERROR, f"could not store the recording: {exc.strerror or exc}")
+        except Exception as exc:  # a fault of ours must not leave the job running until job-timeout
+            log.exception("job=%d call_sid=%s: unexpected error", job.id, job.call_sid)
+            self._fail(job, DOWNLOAD_FAILED, f"unexpected error: {type(exc).__name__}")
         finally:
             if temp is not None and not temp.closed:
                 # Closing retries a flush that already failed (disk full): that

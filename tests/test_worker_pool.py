@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import FakeClock
+from conftest import FakeClock, wait_until
 from recsvc.demo_audio import sized_wav, tune_for
 from recsvc.files import HOSTNAME, TEMP_SUFFIX, RecordingFiles
 from recsvc.metrics import Metrics
@@ -36,12 +36,8 @@ def temp_files(files: RecordingFiles) -> list[str]:
     return [name for _folder, _dirs, names in os.walk(files.root) for name in names if name.endswith(TEMP_SUFFIX)]
 
 
-def wait_until(predicate, timeout: float = 5, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        time.sleep(0.02)
+def wait_for(predicate, timeout: float = 5, what: str = "the condition") -> None:
+    assert wait_until(predicate, timeout), f"{what} did not happen within {timeout}s"
 
 
 # ---------------------------------------------------------------- queue order (CONTRACT 3)
@@ -188,7 +184,7 @@ def test_a_download_that_outlives_its_job_changes_no_row(make_harness, upstream)
     assert (stuck["status"], stuck["error_code"], stuck["error_message"]) == ("failed", "stuck",
                                                                               "running 11s without completion")
     upstream.release()
-    wait_until(lambda: h.app.pool.busy == 0, what="the late download finishing")
+    wait_for(lambda: h.app.pool.busy == 0, what="the late download finishing")
 
     assert h.jobs("CA-LATE") == [stuck], "the finished download changed a job row it no longer owned"
     with h.app.store.reading() as tx:
@@ -271,4 +267,22 @@ def test_a_business_folder_that_cannot_be_written_fails_storage_error_and_others
     assert (job["status"], job["error_code"]) == ("failed", "storage_error")
     assert job["error_message"]
     assert h.play(token_a, "CA-KEPT").body == kept
+    assert temp_files(h.app.files) == []
+
+
+def test_an_unexpected_error_in_a_download_fails_the_job_instead_of_leaving_it_running(make_harness, upstream):
+    h = make_harness(workers=0)
+    pool = hand_stepped_pool(h.app)
+    token = h.business()
+    h.put_call(token, "CA-X", upstream.set("/x.wav", body=tune_for("X")))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    pool.downloader = type("Broken", (), {"download": staticmethod(broken)})()
+    assert h.play(token, "CA-X").status == 202
+    assert pool.run_once() is True
+    (job,) = h.jobs("CA-X")
+    assert (job["status"], job["error_code"], job["error_message"]) == (
+        "failed", "download_failed", "unexpected error: RuntimeError")
     assert temp_files(h.app.files) == []
