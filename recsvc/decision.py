@@ -28,6 +28,12 @@ from .settings import Settings
 # ---------------------------------------------------------------- section 4
 
 
+def whole_seconds(seconds: float) -> int:
+    """``n`` of a reason text (CONTRACT 4): rounded to the nearest second, so a job stuck
+    past a fractional job-timeout of 0.5 s reads "1s", not "0s"."""
+    return int(seconds + 0.5)
+
+
 def stuck_reason(job: Job, now: float, settings: Settings) -> str | None:
     """The reason text when an active job is stuck at ``now``, else None (CONTRACT 4).
 
@@ -38,18 +44,18 @@ def stuck_reason(job: Job, now: float, settings: Settings) -> str | None:
     if job.status == QUEUED:
         waited = now - job.created_at
         if waited > settings.job_timeout:
-            return f"queued {int(waited)}s without worker pickup"
+            return f"queued {whole_seconds(waited)}s without worker pickup"
         return None
     if job.status != RUNNING:
         return None
     if job.started_at is not None and now - job.started_at > settings.job_timeout:
-        return f"running {int(now - job.started_at)}s without completion"
+        return f"running {whole_seconds(now - job.started_at)}s without completion"
     if job.started_at is None:
         return "marked running but no started_at"
     interval = job.worker_heartbeat_interval or settings.heartbeat_interval
     beat = job.heartbeat_at if job.heartbeat_at is not None else job.started_at
     if now - beat > 3 * interval:
-        return f"worker heartbeat lost {int(now - beat)}s ago"
+        return f"worker heartbeat lost {whole_seconds(now - beat)}s ago"
     return None
 
 

@@ -120,3 +120,9 @@ STUCK_TABLE = [
 @pytest.mark.parametrize("the_job, reason", STUCK_TABLE)
 def test_stuck_rules_of_section_4(the_job, reason):
     assert stuck_reason(the_job, NOW, S) == reason
+
+
+def test_reason_seconds_are_whole_and_rounded_so_a_fractional_timeout_never_reads_zero():
+    short = Settings(job_timeout=0.5, heartbeat_interval=0.2)
+    assert stuck_reason(job("running", started=NOW - 0.6, beat=NOW), NOW, short) == "running 1s without completion"
+    assert stuck_reason(job("queued", created=NOW - 312.4), NOW, S) == "queued 312s without worker pickup"

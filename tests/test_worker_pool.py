@@ -161,7 +161,7 @@ def test_a_running_job_whose_worker_stops_beating_is_stuck_after_three_of_that_w
     h.clock.advance(3.0)
     pool.heartbeat()  # this process stays live; the other one does not beat
     assert h.app.service.cleanup() == 0, "a beat exactly 3 intervals old is not yet lost"
-    h.clock.advance(0.5)
+    h.clock.advance(0.4)
     assert h.app.service.cleanup() == 1
     job = h.jobs("CA-HB")[0]
     assert (job["status"], job["error_code"], job["error_message"]) == ("failed", "stuck",
