@@ -74,3 +74,27 @@ def test_a_wrong_token_stops_at_error(browser, real):
     wrong = types.SimpleNamespace(base_url=backend.base_url, token="not-a-token")
     snapshot = settle(browser, player_url(wrong, "CAany"))
     assert snapshot["state"] == "error"
+
+
+def test_an_audio_element_seeks_in_a_served_recording_with_range_requests(browser, real, upstream):
+    svc, backend = real
+    long_tune = tune_for("seek", seconds=30.0)
+    svc.put_call(backend.token, "CAseek", upstream.set("/seek.wav", body=long_tune))
+    assert svc.play(backend.token, "CAseek", headers={"Prefer": "wait=5"}).status == 200
+    link = svc.request("POST", "/api/recordings/CAseek/link", token=backend.token, body=b"").json["url"]
+    with browser.open(f"{svc.base_url}/player?call_sid=none") as page:
+        result = page.evaluate(f"""new Promise((resolve) => {{
+            const audio = new Audio({link!r});
+            audio.preload = "auto";
+            audio.addEventListener("error", () => resolve({{error: audio.error && audio.error.code}}));
+            audio.addEventListener("loadedmetadata", () => {{
+                audio.addEventListener("seeked", () => resolve({{
+                    duration: audio.duration, currentTime: audio.currentTime, error: audio.error}}), {{once: true}});
+                audio.currentTime = 21.5;
+            }}, {{once: true}});
+        }})""", timeout=20)
+    assert result["error"] is None, result
+    assert result["duration"] == pytest.approx(30.0, abs=0.05)
+    assert result["currentTime"] == pytest.approx(21.5, abs=0.05)
+    metrics = svc.request("GET", "/metrics").body.decode()
+    assert 'route="recording_file",method="GET",status="206"' in metrics, "the browser fetched by ranges"
