@@ -425,6 +425,7 @@ class Store:
     """The database file and its connection pool."""
 
     BUSY_RETRIES = 5
+    MAX_IDLE_CONNECTIONS = 16
 
     def __init__(self, path: str, busy_timeout: float = 5.0):
         self.path = path
@@ -459,7 +460,12 @@ class Store:
         finally:
             if conn.in_transaction:  # never hand a half-open transaction to the next user
                 conn.rollback()
-            self._idle.append(conn)
+            if len(self._idle) < self.MAX_IDLE_CONNECTIONS:
+                self._idle.append(conn)
+            else:  # a burst is over: do not keep a connection (and its page cache) per request of it
+                with self._all_lock:
+                    self._all.remove(conn)
+                conn.close()
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -477,6 +483,11 @@ class Store:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    @property
+    def open_connections(self) -> int:
+        with self._all_lock:
+            return len(self._all)
 
     def schema_version(self) -> int:
         with self._connection() as conn:

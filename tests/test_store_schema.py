@@ -95,3 +95,24 @@ def test_a_status_outside_the_four_is_refused(db_path):
             _job(conn, "CA1", "paused")
     finally:
         conn.close()
+
+
+def test_the_connection_pool_keeps_at_most_a_few_idle_connections_after_a_burst(tmp_path):
+    import threading
+
+    from recsvc.store import Store
+    store = Store(str(tmp_path / "burst.sqlite3"))
+    barrier = threading.Barrier(40)
+
+    def read() -> None:
+        with store.reading() as tx:
+            barrier.wait(5)  # 40 connections checked out at once
+            tx.paused()
+
+    threads = [threading.Thread(target=read) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert store.open_connections == Store.MAX_IDLE_CONNECTIONS
+    store.close()
