@@ -129,6 +129,15 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
+def processes():
+    """Real recsvc processes (tests/processes.py); whatever a test started is killed at teardown."""
+    from processes import Processes
+    owner = Processes()
+    yield owner
+    owner.close()
+
+
+@pytest.fixture
 def upstream():
     with FakeUpstream() as server:
         yield server

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from conftest import FakeClock
-from processes import SERVE_ARGS, Client, Processes, read_db
+from processes import SERVE_ARGS, Client, read_db
 from recsvc.demo_audio import sized_wav
 from recsvc.files import HOSTNAME, TEMP_SUFFIX, RecordingFiles
 from recsvc.store import Store
@@ -31,13 +31,6 @@ from recsvc.worker import recover_orphans
 
 SEED = 20261128
 ROUNDS = 5
-
-
-@pytest.fixture
-def processes():
-    owner = Processes()
-    yield owner
-    owner.close()
 
 
 def recordings_on_disk(data_dir) -> tuple[dict[str, bytes], list[str]]:

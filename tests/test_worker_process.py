@@ -17,17 +17,10 @@ import time
 
 import pytest
 
-from processes import SERVE_ARGS, Client, Processes, read_db
+from processes import SERVE_ARGS, Client, read_db
 from recsvc.demo_audio import sized_wav, tune_for
 
 HEARTBEAT = "0.2"
-
-
-@pytest.fixture
-def processes():
-    owner = Processes()
-    yield owner
-    owner.close()
 
 
 @pytest.fixture
