@@ -63,8 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="HTTP API and, unless --workers 0, download workers")
     add_setting_flags(serve)
-    from .demo import add_demo_flags
-    add_demo_flags(commands.add_parser("demo", help="the teaching demo: recsvc, a fake upstream and a scenario page"))
+    # The demo's module is imported only when it runs: serve and worker do without its imports.
+    demo = commands.add_parser("demo", help="the teaching demo: recsvc, a fake upstream and a scenario page")
+    add_setting_flags(demo)
+    demo.add_argument("--fresh", action="store_true",
+                      help="start from an empty data dir (removes the demo's data dir first)")
     worker = commands.add_parser("worker", help="download workers only, no HTTP, on the same data dir")
     add_setting_flags(worker)
     commands.add_parser("fetch", help="wait for a recording as a player would and save it (see: fetch --help)")

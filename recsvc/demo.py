@@ -43,7 +43,7 @@ from .demo_audio import tune_for
 from .fake_upstream import FakeUpstream, Script
 from .http_protocol import Request, Response
 from .routes import make_route
-from .settings import SETTINGS, Settings, SettingsError, add_setting_flags, load_settings
+from .settings import SETTINGS, Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +191,6 @@ def _settings_values(settings: Settings) -> dict:
 
 
 # ------------------------------------------------------------------ settings and the data dir
-
-def add_demo_flags(parser: argparse.ArgumentParser) -> None:
-    add_setting_flags(parser)
-    parser.add_argument("--fresh", action="store_true",
-                        help="start from an empty data dir (removes the demo's data dir first)")
-
 
 def demo_settings(args: argparse.Namespace, environ: dict | None = None) -> Settings:
     """The normal settings, with the demo's defaults where neither a flag nor a variable is given."""
