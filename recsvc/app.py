@@ -46,7 +46,7 @@ class App:
         self.store = Store(os.path.join(settings.data_dir, DATABASE_FILE))
         self.files = RecordingFiles(settings.data_dir)
         self.metrics = Metrics()
-        self.counter = counter if counter is not None else open_counter(settings.counter, clock)
+        self.counter = counter if counter is not None else open_counter(settings.counter, clock, store=self.store)
         self.downloader = downloader if downloader is not None else Downloader(settings)
         self.waiters = JobWaiters(self.store)
         self.cache = RecordingCache(self.store, self.files, settings.cache_max_bytes, clock)

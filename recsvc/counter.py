@@ -3,8 +3,10 @@
 Theory of operation. CONTRACT section 3 counts retries per call under the key
 ``recording_retry_attempts:{business_id}:{call_sid}`` with Redis ``INCR`` then
 ``EXPIRE``. Every backend here speaks that same small vocabulary, so the
-in-memory one (the embedded default, ``memory://``) and a Redis server are
-interchangeable and one test class runs against both:
+in-memory one (the embedded default, ``memory://``), a Redis server
+(``recsvc.redis_counter``) and a table in the service's own SQLite file
+(``sqlite://``, ``recsvc.sqlite_counter``) are interchangeable and one test
+class runs against all three:
 
 - ``incr(key)``: add one, creating the key at 1; a key keeps its TTL.
 - ``expire(key, seconds)``: (re)start the key's TTL; False when there is no key.
@@ -22,7 +24,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
+
+if TYPE_CHECKING:
+    from recsvc.store import Store
 
 
 class CounterError(Exception):
@@ -47,6 +52,15 @@ def retry_key(business_id: int, call_sid: str) -> str:
 def redis_ttl(seconds_left: float) -> int:
     """Round a remaining lifetime the way Redis's TTL command does (to nearest)."""
     return int(seconds_left * 1000 + 500) // 1000
+
+
+def entry_ttl(entry: tuple[int, float | None] | None, now: float) -> int:
+    """TTL of a live ``(value, expires_at)`` entry as Redis reports it: -2 absent (None), -1 no expiry."""
+    if entry is None:
+        return -2
+    if entry[1] is None:
+        return -1
+    return redis_ttl(entry[1] - now)
 
 
 class MemoryCounter:
@@ -125,12 +139,7 @@ class MemoryCounter:
     def ttl(self, key: str) -> int:
         with self._values_lock:
             now = self._clock()
-            entry = self._live(key, now)
-            if entry is None:
-                return -2
-            if entry[1] is None:
-                return -1
-            return redis_ttl(entry[1] - now)
+            return entry_ttl(self._live(key, now), now)
 
     def delete(self, key: str) -> int:
         with self._values_lock:
@@ -144,12 +153,13 @@ class MemoryCounter:
         pass
 
 
-def open_counter(url: str, clock: Callable[[], float] = time.time) -> RetryCounter:
+def open_counter(url: str, clock: Callable[[], float] = time.time, *, store: "Store | None" = None) -> RetryCounter:
     """Build the counter named by ``--counter`` (validated by settings).
 
     ``redis://[:password@]host:port/db`` gives a RedisCounter; it connects on
     first use, and keeps time by the server's clock, not ``clock``. A bad
-    redis:// URL raises ValueError saying what is wrong.
+    redis:// URL raises ValueError saying what is wrong. ``sqlite://`` gives a
+    SqliteCounter in ``store``'s database, the one the service itself uses.
     """
     if url == "memory://":
         return MemoryCounter(clock)
@@ -157,4 +167,10 @@ def open_counter(url: str, clock: Callable[[], float] = time.time) -> RetryCount
         from recsvc.redis_counter import RedisCounter  # imported here: it imports CounterError from this module
 
         return RedisCounter(url)
+    if url == "sqlite://":
+        if store is None:
+            raise ValueError("sqlite:// keeps the counter in the service's database: pass its store")
+        from recsvc.sqlite_counter import SqliteCounter  # imported here: it imports this module
+
+        return SqliteCounter(store, clock)
     raise ValueError(f"unsupported counter URL {url!r}")

@@ -123,13 +123,15 @@ def _allow_list(text: str) -> tuple[str, ...]:
 
 
 def _counter_url(text: str) -> str:
-    if text == "memory://":
+    if text in ("memory://", "sqlite://"):
         return text
     if text.startswith("redis://"):
         from .redis_counter import parse_redis_url
         parse_redis_url(text)  # raises ValueError with a reason that never repeats a password
         return text
-    raise ValueError("must be memory:// or redis://host:port/db")
+    if text.startswith("sqlite://"):  # the counter always lives in the data dir's database
+        raise ValueError("must be just sqlite:// (the counter lives in the data dir's database)")
+    raise ValueError("must be memory://, sqlite:// or redis://host:port/db")
 
 
 def _log_format(text: str) -> str:
@@ -170,7 +172,7 @@ SETTINGS: tuple[SettingRow, ...] = (
     SettingRow("cache_max_bytes", "--cache-max-bytes", "RECSVC_CACHE_MAX_BYTES", _integer(0), "past this, least recently played files are evicted; 0 = no limit"),
     SettingRow("allow_upstream", "--allow-upstream", "RECSVC_ALLOW_UPSTREAM", _allow_list, "comma list of hosts a recording_url may name; 'loopback' allows 127.0.0.0/8 and ::1 over http"),
     SettingRow("admin_token", "--admin-token", "RECSVC_ADMIN_TOKEN", _admin_token, "enables /admin/*; without it they answer 404"),
-    SettingRow("counter", "--counter", "RECSVC_COUNTER", _counter_url, "retry counter backend: memory:// or redis://host:port/db"),
+    SettingRow("counter", "--counter", "RECSVC_COUNTER", _counter_url, "retry counter backend: memory://, sqlite:// (shared through the data dir's database) or redis://host:port/db"),
     SettingRow("idle_timeout", "--idle-timeout", "RECSVC_IDLE_TIMEOUT", _positive_number, "a connection idle, or slow to send its request head, this long is closed"),
     SettingRow("max_connections", "--max-connections", "RECSVC_MAX_CONNECTIONS", _integer(1), "connections served at once; the next one gets 503"),
     SettingRow("shutdown_grace", "--shutdown-grace", "RECSVC_SHUTDOWN_GRACE", _positive_number, "on SIGTERM, how long in-flight downloads may take to finish"),

@@ -10,6 +10,9 @@ connecting, and each connection is used by one thread at a time.
   lock is taken up front, so a decide-then-act sequence (create a job,
   replace a stuck one) is atomic across threads *and* processes sharing the
   file. Busy/locked errors are retried before they surface.
+- ``store.counting()`` runs the retry counter of ``--counter sqlite://``: in
+  the thread's open ``writing()`` transaction when there is one, else in its
+  own; its errors are ``StoreError`` (the counter fails open on them).
 
 Invariants the schema enforces on its own:
 - at most one active job per call (a partial unique index, CONTRACT 8.1);
@@ -113,6 +116,16 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     ALTER TABLE calls ADD COLUMN credentials TEXT;
     """,
+    # 2 -> 3: the retry counter of ``--counter sqlite://``, shared by every process on this file.
+    # ``expires_at`` is absolute epoch seconds (NULL: no expiry), so processes agree on it.
+    """
+    CREATE TABLE retry_counters (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL,
+        expires_at REAL
+    ) WITHOUT ROWID;
+    CREATE INDEX retry_counters_by_expiry ON retry_counters (expires_at) WHERE expires_at IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -123,6 +136,7 @@ _JOB_COLUMNS = ("j.id, j.business_id, j.call_sid, j.recording_url, j.status, j.c
                 "j.finished_at, j.heartbeat_at, j.worker_id, j.error_code, j.error_message, j.attempt, "
                 "j.queue_seq, w.heartbeat_interval")
 _JOB_FROM = "jobs AS j LEFT JOIN workers AS w ON w.id = j.worker_id"
+_COUNTER_LIVE = "(expires_at IS NULL OR expires_at > ?2)"
 
 SQL = {
     # businesses
@@ -225,6 +239,24 @@ SQL = {
                          "AND threads > 0",
     "get_paused": "SELECT workers_paused FROM control WHERE id = 1",
     "set_paused": "UPDATE control SET workers_paused = ? WHERE id = 1",
+    # the retry counter (recsvc.sqlite_counter), in Redis's words; ?2 is now. A row
+    # whose expires_at has passed is absent: INCR starts it again at 1.
+    "counter_entry": f"SELECT value, expires_at FROM retry_counters WHERE key = ?1 AND {_COUNTER_LIVE}",
+    "counter_incr": "INSERT INTO retry_counters (key, value, expires_at) VALUES (?1, 1, NULL) "
+                    "ON CONFLICT (key) DO UPDATE SET "
+                    f"value = CASE WHEN {_COUNTER_LIVE} THEN value + 1 ELSE 1 END, "
+                    f"expires_at = CASE WHEN {_COUNTER_LIVE} THEN expires_at END "
+                    "RETURNING value",
+    "counter_incr_and_expire": "INSERT INTO retry_counters (key, value, expires_at) VALUES (?1, 1, ?3) "
+                               "ON CONFLICT (key) DO UPDATE SET "
+                               f"value = CASE WHEN {_COUNTER_LIVE} THEN value + 1 ELSE 1 END, "
+                               "expires_at = ?3 RETURNING value",
+    "counter_expire": f"UPDATE retry_counters SET expires_at = ?3 WHERE key = ?1 AND {_COUNTER_LIVE}",
+    # Any row of the key goes. Whether it was alive is judged from the plain
+    # column: SQLite 3.40 evaluates ``expires_at IS NULL`` wrongly inside RETURNING.
+    "counter_delete": "DELETE FROM retry_counters WHERE key = ? RETURNING expires_at",
+    "counter_sweep": "DELETE FROM retry_counters WHERE key IN (SELECT key FROM retry_counters "
+                     "WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
 }
 
 
@@ -246,7 +278,11 @@ class PlaySnapshot:
     live_worker: bool
 
 
-class StoreBusy(Exception):
+class StoreError(Exception):
+    """The database did not answer a statement (locked, unreadable, damaged)."""
+
+
+class StoreBusy(StoreError):
     """The database stayed locked past every retry."""
 
 
@@ -420,6 +456,29 @@ class Tx:
     def set_paused(self, paused: bool) -> None:
         self._run("set_paused", int(paused))
 
+    # the retry counter (recsvc.sqlite_counter): ``now`` judges expiry, ``expires_at`` is absolute
+    def counter_entry(self, key: str, now: float) -> tuple[int, float | None] | None:
+        """(value, expires_at) of a live key, or None."""
+        return self._one("counter_entry", key, now)
+
+    def counter_incr(self, key: str, now: float) -> int:
+        return self._one("counter_incr", key, now)[0]
+
+    def counter_incr_and_expire(self, key: str, now: float, expires_at: float) -> int:
+        return self._one("counter_incr_and_expire", key, now, expires_at)[0]
+
+    def counter_expire(self, key: str, now: float, expires_at: float) -> bool:
+        return self._run("counter_expire", key, now, expires_at) == 1
+
+    def counter_delete(self, key: str, now: float) -> bool:
+        """Remove the key's row; True when it was alive."""
+        row = self._one("counter_delete", key)
+        return row is not None and (row[0] is None or row[0] > now)
+
+    def counter_sweep(self, now: float, limit: int) -> int:
+        """Delete at most ``limit`` expired keys, the longest expired first."""
+        return self._run("counter_sweep", now, limit)
+
 
 class Store:
     """The database file and its connection pool."""
@@ -434,6 +493,7 @@ class Store:
         self._idle: collections.deque[sqlite3.Connection] = collections.deque()
         self._all_lock = threading.Lock()  # guards _all
         self._all: list[sqlite3.Connection] = []
+        self._open_write = threading.local()  # .tx: this thread's transaction inside writing(), if any
         with self._connection() as conn:
             self._migrate(conn)
 
@@ -524,12 +584,41 @@ class Store:
                     time.sleep(0.05 * (attempt + 1))
             else:
                 raise StoreBusy("the database stayed locked")
+            tx = self._open_write.tx = Tx(conn)
             try:
-                yield Tx(conn)
+                yield tx
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._open_write.tx = None
             conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def counting(self, write: bool) -> Iterator[Tx]:
+        """The retry counter's statements (recsvc.sqlite_counter); any SQLite error comes out as StoreError.
+
+        Inside this thread's ``writing()`` they join that transaction: the
+        write lock is already this thread's (a second connection would wait
+        for it until the busy timeout), and a retry's INCR then commits or
+        rolls back with its job (CONTRACT 3, row 10b). Otherwise a write is
+        its own ``BEGIN IMMEDIATE``, tried once: locked past the busy timeout
+        it fails, and the caller fails open. A read is one statement.
+        """
+        try:
+            joined = getattr(self._open_write, "tx", None)
+            if joined is not None:
+                yield joined
+            elif not write:
+                with self.single() as tx:
+                    yield tx
+            else:
+                with self._connection() as conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    yield Tx(conn)
+                    conn.execute("COMMIT")  # on an exception, _connection() rolls back
+        except sqlite3.Error as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         with self._all_lock:

@@ -57,9 +57,15 @@ def failing_upstream(tmp_path_factory):
 # ---------------------------------------------------------------- the drill
 
 
-def test_hanging_jobs_are_retried_with_attempts_0_to_3_then_fail_fast_with_retry_limit_reached(hung_pool, caplog):
+# The counters of one process (memory://) and of the data dir's database (sqlite://) behave alike.
+COUNTERS = pytest.mark.parametrize("counter", ["memory://", "sqlite://"])
+
+
+@COUNTERS
+def test_hanging_jobs_are_retried_with_attempts_0_to_3_then_fail_fast_with_retry_limit_reached(hung_pool, caplog,
+                                                                                               counter):
     caplog.set_level(logging.WARNING)
-    h = hung_pool()
+    h = hung_pool(counter=counter)
     acme = new_business(h)
     call_with_recording(h, acme, "CAHANG", hang=True)
 
@@ -350,8 +356,10 @@ def test_a_failing_retry_counter_allows_the_retry_and_logs_a_warning(broken_coun
 # ---------------------------------------------------------------- a new recording_url
 
 
-def test_a_new_recording_url_supersedes_the_active_job_deletes_the_counter_and_restarts_at_attempt_0(hung_pool):
-    h = hung_pool()
+@COUNTERS
+def test_a_new_recording_url_supersedes_the_active_job_deletes_the_counter_and_restarts_at_attempt_0(hung_pool,
+                                                                                                     counter):
+    h = hung_pool(counter=counter)
     h.app.downloader.backoff = 0.01
     acme = new_business(h)
     old_url = call_with_recording(h, acme, "CANEW", path="/old.wav", status=500, body=b"oops")

@@ -131,6 +131,8 @@ BAD = [
     pytest.param(["--counter", "mysql://127.0.0.1/0"], {}, "--counter", id="counter of another scheme"),
     pytest.param(["--counter", "redis://127.0.0.1:99999/0"], {}, "--counter", id="counter with a bad port"),
     pytest.param(["--counter", "redis://127.0.0.1:6379/db"], {}, "--counter", id="counter with a bad db"),
+    pytest.param(["--counter", "sqlite://x"], {}, "--counter", id="sqlite counter naming something"),
+    pytest.param(["--counter", "sqlite:///srv/counter.db"], {}, "--counter", id="sqlite counter naming a file"),
     pytest.param(["--data-dir", ""], {}, "--data-dir", id="empty data dir"),
     pytest.param(["--host", ""], {}, "--host", id="empty host"),
     pytest.param([], {"RECSVC_JOB_TIMEOUT": "-1"}, "--job-timeout", id="negative duration from the variable"),
@@ -139,7 +141,8 @@ BAD = [
 ]
 # ... and each kind the contract names once more through a real ``serve``.
 BAD_PROCESS_IDS = {"negative duration", "zero duration", "non-numeric duration", "port 70000",
-                   "empty allow-upstream", "counter with a bad port", "port 70000 from the variable"}
+                   "empty allow-upstream", "counter with a bad port", "sqlite counter naming something",
+                   "port 70000 from the variable"}
 BAD_PROCESS = [p for p in BAD if p.id in BAD_PROCESS_IDS]
 
 
@@ -234,6 +237,18 @@ def test_a_malformed_redis_counter_url_is_refused_without_echoing_its_password(r
     assert stderr.startswith("recsvc: error: --counter ")
     assert SECRET not in stderr
     assert "Sekr1t" not in stderr and "hunter2" not in stderr
+
+
+def test_the_sqlite_counter_is_sqlite_colon_slash_slash_with_nothing_after_it():
+    assert load_settings({"counter": "sqlite://"}, {}).counter == "sqlite://"
+    assert load_settings({}, {"RECSVC_COUNTER": "sqlite://"}).counter == "sqlite://"
+
+
+def test_a_sqlite_counter_naming_something_is_refused_saying_where_the_counter_lives(refused):
+    status, stderr, _ = refused(["--counter", "sqlite://x"], {})
+    assert status == 2
+    assert stderr == ("recsvc: error: --counter must be just sqlite:// (the counter lives in the data dir's "
+                      "database), got 'sqlite://x'\n")
 
 
 def test_a_short_admin_token_is_refused_without_echoing_it(refused):

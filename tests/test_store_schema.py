@@ -1,4 +1,4 @@
-"""The SQLite schema: its version, migrating once, and the one-active-job rule at the SQL level (invariant 1)."""
+"""The SQLite schema: its version, migrating once and from older files, and the one-active-job rule at the SQL level (invariant 1)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,30 @@ def test_a_database_newer_than_this_release_is_refused(db_path):
     conn.close()
     with pytest.raises(RuntimeError, match="newer"):
         Store(db_path)
+
+
+def test_a_version_2_database_gains_the_retry_counter_table_and_keeps_its_rows(db_path):
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    for script in MIGRATIONS[:2]:
+        conn.executescript(script)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO businesses (name, token_hash, created_at) VALUES ('acme', 'hash-of-acme', ?)", (T0,))
+    conn.close()
+    store = Store(db_path)
+    try:
+        assert store.schema_version() == 3
+        with store.reading() as tx:
+            assert tx.business_for_token("hash-of-acme") == 1
+    finally:
+        store.close()
+    conn = sqlite3.connect(db_path)
+    try:
+        columns = [(row[1], row[2], row[5]) for row in conn.execute("PRAGMA table_info(retry_counters)")]
+        assert columns == [("key", "TEXT", 1), ("value", "INTEGER", 0), ("expires_at", "REAL", 0)]
+        indexes = [row[1] for row in conn.execute("PRAGMA index_list(retry_counters)")]
+        assert "retry_counters_by_expiry" in indexes, "the sweep of expired keys needs its index"
+    finally:
+        conn.close()
 
 
 def _job(conn, call_sid: str, status: str, business_id: int = 1) -> None:
