@@ -17,6 +17,7 @@ import re
 import threading
 import time
 import urllib.parse
+from typing import Callable
 
 from .cache import RecordingCache
 from .clock import Clock, iso_utc, wait_seconds
@@ -138,6 +139,8 @@ class Api:
         # (write locks, held requests, the counter, sending) runs inside it.
         self._read_gate = threading.Lock()
         self.routes: tuple[Route, ...] = ROUTES
+        # The other serving processes' metrics families (serve --processes N; recsvc.prefork).
+        self.peer_metrics: Callable[[], list] = list
         self.static = StaticFiles()
 
     def mount(self, route: Route) -> None:
@@ -456,7 +459,7 @@ class Api:
         return Response(200, headers, body)
 
     def metrics_page(self, request: Request) -> Response:
-        text = self.metrics.render(self.service.gauges())
+        text = self.metrics.render(self.service.gauges(), self.peer_metrics())
         return Response(200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], text.encode())
 
     def openapi_document(self, request: Request) -> Response:

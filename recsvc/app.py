@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
+from typing import Callable
 
 from .api import Api
 from .cache import RecordingCache
@@ -25,6 +27,7 @@ from .files import RecordingFiles
 from .httpcore import HTTPServer
 from .links import LinkSigner, load_secret
 from .metrics import Metrics
+from .prefork import MetricsExchange
 from .service import RecordingService
 from .settings import Settings
 from .store import Store
@@ -39,26 +42,32 @@ DATABASE_FILE = "recsvc.sqlite3"
 
 class App:
     def __init__(self, settings: Settings, *, clock: Clock = system_clock, counter: RetryCounter | None = None,
-                 downloader: Downloader | None = None, environ: dict | None = None):
+                 downloader: Downloader | None = None, environ: dict | None = None, process_index: int = 0):
+        """``process_index``: which of the ``--processes`` this one is (0 = the first)."""
         self.settings = settings
         self.clock = clock
         os.makedirs(settings.data_dir, exist_ok=True)
         self.store = Store(os.path.join(settings.data_dir, DATABASE_FILE))
         self.files = RecordingFiles(settings.data_dir)
-        self.metrics = Metrics()
+        self.metrics = Metrics(process=str(process_index) if settings.processes > 1 else None)
+        self.exchange: MetricsExchange | None = None
+        if settings.processes > 1:
+            self.exchange = MetricsExchange(settings.data_dir, process_index, settings.processes, self.metrics.families)
         self.counter = counter if counter is not None else open_counter(settings.counter, clock, store=self.store)
         self.downloader = downloader if downloader is not None else Downloader(settings)
         self.waiters = JobWaiters(self.store)
         self.cache = RecordingCache(self.store, self.files, settings.cache_max_bytes, clock)
         self.pool: WorkerPool | None = None
+        # Also told when a job ends here: the serving processes of --processes N (recsvc.prefork).
+        self.job_end_listeners: list[Callable[[int], None]] = []
         if settings.workers > 0:
             self.pool = WorkerPool(self.store, self.files, self.downloader, threads=settings.workers,
                                    heartbeat_interval=settings.heartbeat_interval, clock=clock,
-                                   metrics=self.metrics, on_job_done=lambda job: self.waiters.job_ended(job.id),
+                                   metrics=self.metrics, on_job_done=lambda job: self._job_ended(job.id),
                                    on_stored=lambda job: self.cache.evict_over_limit(keep=(job.business_id, job.call_sid)))
         self.service = RecordingService(settings, self.store, self.files, self.counter, clock, self.metrics,
                                         on_job_queued=self.pool.wake if self.pool else (lambda: None),
-                                        on_job_ended=self.waiters.job_ended)
+                                        on_job_ended=self._job_ended)
         self.signer = LinkSigner(load_secret(settings.data_dir, environ))
         self.api = Api(settings, self.service, self.signer, self.metrics, clock, self.waiters, self.cache)
         self.http: HTTPServer | None = None
@@ -67,23 +76,37 @@ class App:
 
     # ---- lifecycle
 
-    def start(self, http: bool = True) -> "App":
-        worker_id = self.pool.worker_id if self.pool else None
-        replaced = recover_orphans(self.store, self.files, self.clock, worker_id)
-        if replaced:
-            log.warning("%d orphaned job(s) failed and replaced", replaced)
+    def start(self, http: bool = True, *, listen_socket: socket.socket | None = None) -> "App":
+        """Start the parts; with ``listen_socket``, this is an extra serving process of
+        ``serve --processes N`` (recsvc.prefork): it serves that socket and leaves orphan
+        recovery and the sweeper to the first process, which runs them for all."""
+        first = listen_socket is None
+        if first:
+            worker_id = self.pool.worker_id if self.pool else None
+            replaced = recover_orphans(self.store, self.files, self.clock, worker_id)
+            if replaced:
+                log.warning("%d orphaned job(s) failed and replaced", replaced)
         if self.pool is not None:
             self.pool.start()
         self.cache.start()
         if http:
-            self._spawn("sweeper", self._sweep_loop)
+            if first:
+                self._spawn("sweeper", self._sweep_loop)
             self.http = HTTPServer((self.settings.host, self.settings.port), self.api,
                                    idle_timeout=self.settings.idle_timeout,
-                                   max_connections=self.settings.max_connections)
+                                   max_connections=self.settings.max_connections,
+                                   listen_socket=listen_socket)
             # A short poll interval: shutdown() returns within it (tests stop many apps).
             self._spawn("http", lambda: self.http.serve_forever(poll_interval=0.05))
             self.metrics.add_gauges(self._http_gauges)
+        if self.exchange is not None:
+            self.api.peer_metrics = self.exchange.start().peers
         return self
+
+    def _job_ended(self, job_id: int) -> None:
+        self.waiters.job_ended(job_id)
+        for listener in self.job_end_listeners:
+            listener(job_id)
 
     def _http_gauges(self) -> dict:
         http = self.http
@@ -116,6 +139,8 @@ class App:
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
+        if self.exchange is not None:
+            self.exchange.stop()
         self.waiters.stop()
         self.cache.stop()
         finished = self.pool.stop(grace) if self.pool is not None else True

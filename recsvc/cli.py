@@ -18,7 +18,7 @@ import threading
 
 from . import __version__
 from .clock import iso_utc
-from .settings import SettingsError, add_setting_flags, load_settings
+from .settings import SETTINGS, SettingsError, add_setting_flags, load_settings
 
 log = logging.getLogger("recsvc")
 
@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="HTTP API and, unless --workers 0, download workers")
     add_setting_flags(serve)
+    # Set by ``serve --processes N`` on the serving processes it starts (recsvc.prefork).
+    for hidden in ("--listen-fd", "--parent-fd", "--process-index"):
+        serve.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
     # The demo's module is imported only when it runs: serve and worker do without its imports.
     demo = commands.add_parser("demo", help="the teaching demo: recsvc, a fake upstream and a scenario page")
     add_setting_flags(demo)
@@ -101,31 +104,64 @@ def _wait_for_signal(stop: threading.Event | None = None) -> None:
         pass
 
 
+def _given_flags(args: argparse.Namespace) -> list[str]:
+    """The setting flags given on the command line, to start a serving process with the same."""
+    flags = []
+    for row in SETTINGS:
+        value = getattr(args, row.name, None)
+        if value is not None:
+            flags += [row.flag, value]
+    return flags
+
+
 def run_service(args: argparse.Namespace, http: bool) -> int:
     from .app import App
 
+    child = http and args.listen_fd is not None
     try:
-        settings = load_settings(args)
+        # A serving process of --processes N answers requests only (recsvc.prefork).
+        settings = load_settings(args, workers=0) if child else load_settings(args)
     except SettingsError as exc:
         print(f"recsvc: error: {exc}", file=sys.stderr)
         return 2
     if not http and settings.workers == 0:
         print("recsvc: error: --workers must be at least 1 for the worker command, got '0'", file=sys.stderr)
         return 2
+    if not http and settings.processes > 1:
+        print("recsvc: error: --processes is for the serve command; start more worker commands instead", file=sys.stderr)
+        return 2
     configure_logging(settings.log_format)
     stop = _stop_on_signal()  # before the listening line: a signal right after it is not missed
+    listen_socket = None
+    if child:
+        from .prefork import adopt_socket, watch_parent
+        listen_socket = adopt_socket(args.listen_fd)
     try:
-        app = App(settings).start(http=http)
+        app = App(settings, process_index=args.process_index if child else 0).start(http=http, listen_socket=listen_socket)
     except OSError as exc:
         print(f"recsvc: error: cannot start: {exc}", file=sys.stderr)
         return 1
-    if http:
+    if child:
+        watch_parent(args.parent_fd, stop.set, app.waiters.job_ended)
+    group = None
+    if settings.processes > 1 and not child:
+        from .prefork import ServingProcesses
+        group = ServingProcesses(app.http.socket, _given_flags(args), settings.processes - 1,
+                                 stop_timeout=settings.shutdown_grace + 5).start()
+        app.job_end_listeners.append(group.job_ended)
+    if child:
+        log.info("serving process %d ready on %s", args.process_index, app.base_url)
+    elif http:
         _announce(f"recsvc listening on {app.base_url}")
     else:
         _announce(f"recsvc worker {app.pool.worker_id} running on {settings.data_dir}")
     _wait_for_signal(stop)
+    if group is not None:
+        group.stop()
     log.info("stopping: waiting up to %gs for downloads in flight", settings.shutdown_grace)
     finished = app.stop()
+    if group is not None:
+        group.wait()
     if not finished:
         log.warning("downloads still running at exit are left to the orphan rule of the next start")
     return 0

@@ -398,7 +398,10 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     # kernel caps this at net.core.somaxconn.
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], app: Callable[[Request], Response], *, idle_timeout: float = 15, max_connections: int = 256, access_log: bool = True):
+    def __init__(self, address: tuple[str, int], app: Callable[[Request], Response], *, idle_timeout: float = 15, max_connections: int = 256, access_log: bool = True,
+                 listen_socket: socket.socket | None = None):
+        """Bind and listen on ``address``, or serve ``listen_socket``, one already
+        listening (a serving process of ``serve --processes N`` shares its parent's)."""
         if not idle_timeout > 0:
             raise ValueError("idle_timeout must be positive")
         if max_connections < 1:
@@ -412,6 +415,13 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._open_sockets: set[socket.socket] = set()
         self._refused = 0  # refusals not yet logged; the accepting thread alone touches these
         self._refused_logged_at = -float("inf")
+        if listen_socket is not None:
+            self.address_family = listen_socket.family
+            super().__init__(address, None, bind_and_activate=False)
+            self.socket.close()
+            self.socket = listen_socket
+            self.server_address = listen_socket.getsockname()
+            return
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, None)

@@ -18,11 +18,12 @@ import bisect
 import os
 import threading
 from collections import defaultdict
-from typing import Callable
+from typing import Callable, Iterable
 
 from .decision import RECORDING_DOWNLOAD_FAILED, STUCK_KINDS, WORKER_NOT_PROCESSING_QUEUE
 
 Gauges = dict[str, tuple[str, list[tuple[tuple[tuple[str, str], ...], float]]]]
+Family = tuple[str, str, list[str]]  # kind, help, sample lines
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -65,7 +66,9 @@ class _Histogram:
 class Metrics:
     """The process's counters; one lock guards them all (updates are a few adds)."""
 
-    def __init__(self):
+    def __init__(self, process: str | None = None):
+        """``process``: this process's index in ``serve --processes N``; every sample gets it as a label."""
+        self._process_labels: tuple[tuple[str, str], ...] = (("process", process),) if process is not None else ()
         self._lock = threading.Lock()  # guards every field below
         self._requests: dict[tuple, int] = defaultdict(int)
         self._request_seconds: dict[tuple, _Histogram] = {}
@@ -110,42 +113,65 @@ class Metrics:
         with self._lock:
             self._job_seconds.observe(seconds)
 
-    def render(self, gauges: Gauges) -> str:
-        """Prometheus text; ``gauges`` maps a name to (help, [(labels, value), ...])."""
-        out: list[str] = []
+    def families(self) -> dict[str, Family]:
+        """This process's own families (counters, histograms, its gauges), in print order.
 
-        def family(name: str, kind: str, help_text: str) -> None:
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} {kind}")
+        With a ``process`` label (``serve --processes N``), every sample carries it, so the
+        families of several processes merge into one page without clashing (``render``).
+        """
+        out: dict[str, Family] = {}
+        mine = self._process_labels
+
+        def family(name: str, kind: str, help_text: str) -> list[str]:
+            lines: list[str] = []
+            out[name] = (kind, help_text, lines)
+            return lines
 
         with self._lock:
-            family("recsvc_http_requests_total", "counter", "HTTP requests answered, by route, method and status.")
+            lines = family("recsvc_http_requests_total", "counter", "HTTP requests answered, by route, method and status.")
             for key, value in sorted(self._requests.items()):
-                out.append(f"recsvc_http_requests_total{_labels(key)} {value}")
-            family("recsvc_http_request_duration_seconds", "histogram", "Time to answer an HTTP request.")
+                lines.append(f"recsvc_http_requests_total{_labels(mine + key)} {value}")
+            lines = family("recsvc_http_request_duration_seconds", "histogram", "Time to answer an HTTP request.")
             for key, hist in sorted(self._request_seconds.items()):
-                out.extend(hist.lines("recsvc_http_request_duration_seconds", key))
-            family("recsvc_fail_fast_trips_total", "counter", "Retries refused because the retry limit was reached, by error.")
+                lines.extend(hist.lines("recsvc_http_request_duration_seconds", mine + key))
+            lines = family("recsvc_fail_fast_trips_total", "counter", "Retries refused because the retry limit was reached, by error.")
             for error, value in sorted(self._fail_fast.items()):
-                out.append(f"recsvc_fail_fast_trips_total{_labels((('error', error),))} {value}")
-            family("recsvc_retries_total", "counter", "Retry jobs created (CONTRACT 3, row 10b).")
-            out.append(f"recsvc_retries_total {self._retries}")
-            family("recsvc_stuck_jobs_total", "counter", "Active jobs marked failed as stuck, by rule.")
+                lines.append(f"recsvc_fail_fast_trips_total{_labels(mine + (('error', error),))} {value}")
+            lines = family("recsvc_retries_total", "counter", "Retry jobs created (CONTRACT 3, row 10b).")
+            lines.append(f"recsvc_retries_total{_labels(mine)} {self._retries}")
+            lines = family("recsvc_stuck_jobs_total", "counter", "Active jobs marked failed as stuck, by rule.")
             for kind, value in sorted(self._stuck.items()):
-                out.append(f"recsvc_stuck_jobs_total{_labels((('reason', kind),))} {value}")
-            family("recsvc_jobs_finished_total", "counter", "Jobs this process's workers finished, by status and error code.")
+                lines.append(f"recsvc_stuck_jobs_total{_labels(mine + (('reason', kind),))} {value}")
+            lines = family("recsvc_jobs_finished_total", "counter", "Jobs this process's workers finished, by status and error code.")
             for key, value in sorted(self._jobs_finished.items()):
-                out.append(f"recsvc_jobs_finished_total{_labels(key)} {value}")
-            family("recsvc_job_duration_seconds", "histogram", "Time from claiming a job to its end, in this process.")
-            out.extend(self._job_seconds.lines("recsvc_job_duration_seconds", ()))
+                lines.append(f"recsvc_jobs_finished_total{_labels(mine + key)} {value}")
+            lines = family("recsvc_job_duration_seconds", "histogram", "Time from claiming a job to its end, in this process.")
+            lines.extend(self._job_seconds.lines("recsvc_job_duration_seconds", mine))
             sources = list(self._gauge_sources)
-        gauges = dict(gauges)
         for source in sources:
-            gauges.update(source())
+            for name, (help_text, samples) in source().items():
+                family(name, "gauge", help_text).extend(
+                    f"{name}{_labels(mine + labels)} {value:g}" for labels, value in samples)
+        return out
+
+    def render(self, gauges: Gauges, peers: Iterable[dict[str, Family]] = ()) -> str:
+        """Prometheus text: this process's families, those of ``peers`` (other processes of
+        ``serve --processes N``, as their ``families()``), then ``gauges``, the values
+        of the shared database, given as name -> (help, [(labels, value), ...])."""
+        merged = self.families()
+        for peer in peers:
+            for name, (kind, help_text, lines) in peer.items():
+                if name in merged:
+                    merged[name][2].extend(lines)
+                else:
+                    merged[name] = (kind, help_text, list(lines))
         for name, (help_text, samples) in gauges.items():
-            family(name, "gauge", help_text)
-            for labels, value in samples:
-                out.append(f"{name}{_labels(labels)} {value:g}")
+            merged[name] = ("gauge", help_text, [f"{name}{_labels(labels)} {value:g}" for labels, value in samples])
+        out: list[str] = []
+        for name, (kind, help_text, lines) in merged.items():
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(lines)
         return "\n".join(out) + "\n"
 
 

@@ -46,6 +46,7 @@ class Settings:
     max_connections: int = 256
     shutdown_grace: float = 10.0
     log_format: str = "text"
+    processes: int = 1
 
     @property
     def liveness_window(self) -> float:
@@ -177,6 +178,7 @@ SETTINGS: tuple[SettingRow, ...] = (
     SettingRow("max_connections", "--max-connections", "RECSVC_MAX_CONNECTIONS", _integer(1), "connections served at once; the next one gets 503"),
     SettingRow("shutdown_grace", "--shutdown-grace", "RECSVC_SHUTDOWN_GRACE", _positive_number, "on SIGTERM, how long in-flight downloads may take to finish"),
     SettingRow("log_format", "--log-format", "RECSVC_LOG_FORMAT", _log_format, "text, or json: one JSON object per line (time, level, logger, message, exception)"),
+    SettingRow("processes", "--processes", "RECSVC_PROCESSES", _integer(1), "serving processes sharing the listening socket (serve only); above 1 needs a shared --counter"),
 )
 
 
@@ -218,4 +220,9 @@ def load_settings(flags: Mapping[str, str | None] | argparse.Namespace,
     unknown = set(values) - known
     if unknown:
         raise TypeError(f"unknown settings: {sorted(unknown)}")
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.processes > 1 and settings.counter == "memory://":
+        # memory:// counts in one process: N processes would each allow max-retry-attempts.
+        raise SettingsError(f"--processes {settings.processes} needs a retry counter the processes share: "
+                            "--counter sqlite:// or redis://host:port/db, got memory://")
+    return settings
