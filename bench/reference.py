@@ -2,7 +2,7 @@
 
 Started only when nginx is installed, in the foreground (``daemon off``) as
 a child of the bench with its own prefix folder, and stopped by its pid.
-One worker process, as recsvc is one Python process. Access logs are
+One worker process unless told otherwise (``bench --nginx-workers``). Access logs are
 written (buffered), as recsvc writes its access lines.
 """
 
@@ -25,7 +25,7 @@ def _free_port() -> int:
 
 
 class Nginx:
-    def __init__(self, workdir: str, root: str, body_202: bytes):
+    def __init__(self, workdir: str, root: str, body_202: bytes, workers: int = 1):
         self.prefix = os.path.join(workdir, "nginx")
         os.makedirs(os.path.join(self.prefix, "logs"), exist_ok=True)
         self.port = _free_port()
@@ -36,7 +36,7 @@ class Nginx:
             user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
             out.write(f"""
 {user}
-worker_processes 1;
+worker_processes {workers};
 pid {self.prefix}/nginx.pid;
 error_log {self.prefix}/logs/error.log warn;
 events {{ worker_connections 4096; }}
