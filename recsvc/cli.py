@@ -86,6 +86,9 @@ def _announce(line: str) -> None:
     sys.stderr.flush()
 
 
+_SIGNAL_CHECK_SECONDS = 0.2
+
+
 def _stop_on_signal() -> threading.Event:
     """SIGINT/SIGTERM set the returned event. Installed before the listening line, so none is missed."""
     stop = threading.Event()
@@ -99,8 +102,16 @@ def _stop_on_signal() -> threading.Event:
 
 
 def _wait_for_signal(stop: threading.Event | None = None) -> None:
+    """Return once SIGINT/SIGTERM has set ``stop``.
+
+    Python runs signal handlers in the main thread, between bytecodes. The
+    kernel may deliver the signal to any thread; one that lands elsewhere
+    does not interrupt the main thread's lock wait, so a long wait here
+    could hold up the handler, and the stop, for that long (seen: SIGTERM
+    ignored while a download thread was busy). Short waits bound that delay.
+    """
     stop = stop if stop is not None else _stop_on_signal()
-    while not stop.wait(3600):
+    while not stop.wait(_SIGNAL_CHECK_SECONDS):
         pass
 
 
