@@ -60,13 +60,15 @@ class App:
         self.pool: WorkerPool | None = None
         # Also told when a job ends here: the serving processes of --processes N (recsvc.prefork).
         self.job_end_listeners: list[Callable[[int], None]] = []
+        # Also told when a job is queued here: the first process, from a serving process.
+        self.job_queue_listeners: list[Callable[[], None]] = []
         if settings.workers > 0:
             self.pool = WorkerPool(self.store, self.files, self.downloader, threads=settings.workers,
                                    heartbeat_interval=settings.heartbeat_interval, clock=clock,
                                    metrics=self.metrics, on_job_done=lambda job: self._job_ended(job.id),
                                    on_stored=lambda job: self.cache.evict_over_limit(keep=(job.business_id, job.call_sid)))
         self.service = RecordingService(settings, self.store, self.files, self.counter, clock, self.metrics,
-                                        on_job_queued=self.pool.wake if self.pool else (lambda: None),
+                                        on_job_queued=self._job_queued,
                                         on_job_ended=self._job_ended)
         self.signer = LinkSigner(load_secret(settings.data_dir, environ))
         self.api = Api(settings, self.service, self.signer, self.metrics, clock, self.waiters, self.cache)
@@ -102,6 +104,12 @@ class App:
         if self.exchange is not None:
             self.api.peer_metrics = self.exchange.start().peers
         return self
+
+    def _job_queued(self) -> None:
+        if self.pool is not None:
+            self.pool.wake()
+        for listener in self.job_queue_listeners:
+            listener()
 
     def _job_ended(self, job_id: int) -> None:
         self.waiters.job_ended(job_id)

@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="HTTP API and, unless --workers 0, download workers")
     add_setting_flags(serve)
     # Set by ``serve --processes N`` on the serving processes it starts (recsvc.prefork).
-    for hidden in ("--listen-fd", "--parent-fd", "--process-index"):
+    for hidden in ("--listen-fd", "--parent-fd", "--queued-fd", "--process-index"):
         serve.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
     # The demo's module is imported only when it runs: serve and worker do without its imports.
     demo = commands.add_parser("demo", help="the teaching demo: recsvc, a fake upstream and a scenario page")
@@ -145,7 +145,7 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
     stop = _stop_on_signal()  # before the listening line: a signal right after it is not missed
     listen_socket = None
     if child:
-        from .prefork import adopt_socket, watch_parent
+        from .prefork import adopt_socket, job_queued_notifier, watch_parent
         listen_socket = adopt_socket(args.listen_fd)
     try:
         app = App(settings, process_index=args.process_index if child else 0).start(http=http, listen_socket=listen_socket)
@@ -154,11 +154,13 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
         return 1
     if child:
         watch_parent(args.parent_fd, stop.set, app.waiters.job_ended)
+        app.job_queue_listeners.append(job_queued_notifier(args.queued_fd))
     group = None
     if settings.processes > 1 and not child:
         from .prefork import ServingProcesses
         group = ServingProcesses(app.http.socket, _given_flags(args), settings.processes - 1,
-                                 stop_timeout=settings.shutdown_grace + 5).start()
+                                 stop_timeout=settings.shutdown_grace + 5,
+                                 on_job_queued=app.pool.wake if app.pool else (lambda: None)).start()
         app.job_end_listeners.append(group.job_ended)
     if child:
         log.info("serving process %d ready on %s", args.process_index, app.base_url)

@@ -12,11 +12,12 @@ of a pre-forking server:
   orphans, runs the sweeper and the download workers, and answers requests.
 - It then starts N-1 *serving processes* with ``ServingProcesses``: the same
   ``python -m recsvc serve`` with the same flags (and the same environment),
-  plus hidden flags that hand them the listening socket and a pipe of their
-  own, as inherited file descriptors. A serving process answers requests only:
-  ``--workers 0``, no sweeper, no orphan recovery (recsvc.app.App.start). The
-  jobs it queues are claimed by the first process's workers, which poll the
-  shared queue as they do for a separate ``worker`` process.
+  plus hidden flags that hand them the listening socket and two pipes of
+  their own, as inherited file descriptors. A serving process answers
+  requests only: ``--workers 0``, no sweeper, no orphan recovery
+  (recsvc.app.App.start). The jobs it queues are claimed by the first
+  process's workers: it writes a byte down one pipe, which wakes them at
+  once (they also poll the shared queue, as for a separate ``worker``).
 - Every decision is taken on the shared SQLite file under ``BEGIN
   IMMEDIATE``, and the retry counter must be shared too (``--counter
   sqlite://`` or ``redis://``; settings refuse ``memory://`` with N > 1), so
@@ -48,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,12 @@ def package_root() -> str:
 class ServingProcesses:
     """Start, watch and stop the extra serving processes of ``serve --processes N``."""
 
-    def __init__(self, listen_socket: socket.socket, flags: list[str], count: int, *, stop_timeout: float):
-        """``flags`` are the ``serve`` flags as given; ``count`` is N-1."""
+    def __init__(self, listen_socket: socket.socket, flags: list[str], count: int, *, stop_timeout: float,
+                 on_job_queued: Callable[[], None] = lambda: None):
+        """``flags`` are the ``serve`` flags as given; ``count`` is N-1; ``on_job_queued`` is
+        called when a serving process queued a job (the first process wakes its workers)."""
         share(listen_socket)
+        self._on_job_queued = on_job_queued
         self._socket = listen_socket
         self._flags = list(flags)
         self._count = count
@@ -77,10 +82,10 @@ class ServingProcesses:
         self._pipes: dict[int, int] = {}  # index -> write end of its pipe, open while we live
         self._threads: list[threading.Thread] = []
 
-    def command(self, index: int, pipe_read: int) -> list[str]:
+    def command(self, index: int, pipe_read: int, queued_write: int) -> list[str]:
         return [sys.executable, "-m", "recsvc", "serve", *self._flags,
                 "--listen-fd", str(self._socket.fileno()), "--parent-fd", str(pipe_read),
-                "--process-index", str(index)]
+                "--queued-fd", str(queued_write), "--process-index", str(index)]
 
     def start(self) -> "ServingProcesses":
         for index in range(1, self._count + 1):
@@ -99,14 +104,19 @@ class ServingProcesses:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root(), env.get("PYTHONPATH")) if p)
         pipe_read, pipe_write = os.pipe()  # not inheritable: only this child gets the read end
         os.set_blocking(pipe_write, False)  # job_ended never waits for a slow child
+        queued_read, queued_write = os.pipe()  # the other way: "I queued a job"
         try:
-            proc = subprocess.Popen(self.command(index, pipe_read), env=env,
-                                    pass_fds=(self._socket.fileno(), pipe_read))
+            proc = subprocess.Popen(self.command(index, pipe_read, queued_write), env=env,
+                                    pass_fds=(self._socket.fileno(), pipe_read, queued_write))
         except BaseException:
             os.close(pipe_write)
+            os.close(queued_read)
             raise
         finally:
             os.close(pipe_read)
+            os.close(queued_write)
+        threading.Thread(target=read_wakeups, args=(queued_read, self._on_job_queued), name=f"recsvc-queued-{index}",
+                         daemon=True).start()
         with self._lock:
             self._procs[index] = proc
             old = self._pipes.pop(index, None)
@@ -199,6 +209,34 @@ def watch_parent(parent_fd: int, on_gone, on_job_ended) -> None:
         on_gone()
 
     threading.Thread(target=wait, name="recsvc-parent-watch", daemon=True).start()
+
+
+def read_wakeups(fd: int, on_wake: Callable[[], None]) -> None:
+    """In the first process: ``on_wake()`` for what a serving process's notifier sends;
+    returns, closing ``fd``, when that process has exited."""
+    try:
+        while os.read(fd, 512):
+            on_wake()
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def job_queued_notifier(fd: int) -> Callable[[], None]:
+    """In a serving process: tell the first process that a job was queued (one byte).
+
+    Non-blocking: a full pipe already holds wake-ups the workers have not read.
+    """
+    os.set_blocking(fd, False)
+
+    def notify() -> None:
+        try:
+            os.write(fd, b"q")
+        except OSError:  # full, or the first process is gone (its pipe end closed)
+            pass
+
+    return notify
 
 
 def adopt_socket(fd: int) -> socket.socket:

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,7 +24,7 @@ from test_metrics import parse_metrics
 
 from recsvc.demo_audio import sized_wav
 from recsvc.metrics import Metrics
-from recsvc.prefork import MetricsExchange, watch_parent
+from recsvc.prefork import MetricsExchange, job_queued_notifier, read_wakeups, watch_parent
 
 COUNTER = ("--counter", "sqlite://")
 STARTED = re.compile(r"serving process (\d+) started \(pid (\d+)\)")
@@ -245,3 +246,17 @@ def test_the_pipe_names_ended_jobs_and_its_end_of_file_means_the_first_process_i
     os.close(write_end)
     assert wait_until(lambda: gone == [True], timeout=5)
     os.close(read_end)
+
+
+def test_a_job_queued_in_a_serving_process_wakes_the_first_process_workers():
+    read_end, write_end = os.pipe()
+    wakes = []
+    thread = threading.Thread(target=read_wakeups, args=(read_end, lambda: wakes.append(True)), daemon=True)
+    thread.start()
+    notify = job_queued_notifier(write_end)
+    notify()
+    assert wait_until(lambda: len(wakes) >= 1, timeout=5)
+    os.close(write_end)  # the serving process exited: the reader ends and closes its end
+    thread.join(5)
+    assert not thread.is_alive()
+    notify()  # a write to a closed pipe is ignored, never raised into the request
