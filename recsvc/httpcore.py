@@ -382,7 +382,7 @@ class _Connection:
 
     def _log_access(self, method: str, path: str, status: int, sent: int, started: float) -> None:
         # CONTRACT 6: the path only; a query may hold a link signature. No header values.
-        if self.server.access_log:
+        if self.server.access_log and access_logger.isEnabledFor(logging.INFO):
             access_logger.info("%s %s %s %d %d %.1fms", self.client_address[0], method, path, status, sent, (time.monotonic() - started) * 1000)
 
 
