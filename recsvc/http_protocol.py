@@ -10,12 +10,13 @@ back:
 
 - ``Request``, ``Response`` and ``FileBody`` are what the app receives and
   returns; ``json_error`` builds every JSON error answer (CONTRACT 3).
-- ``parse_request_line``, ``parse_header_line``, ``body_length`` and
-  ``wants_keep_alive`` read a request head within the limits of CONTRACT 6
-  (``MAX_LINE_BYTES``, ``MAX_HEADER_LINES``, ``MAX_BODY_BYTES``). Every
-  refusal is a ``RequestError`` that carries the status and code it implies,
-  so the caller only renders ``error.response()`` (CONTRACT 6, "HTTP
-  hygiene").
+- ``RequestHead`` reads a request head within the limits of CONTRACT 6
+  (``MAX_LINE_BYTES``, ``MAX_HEADER_LINES``), line by line as the bytes
+  arrive, or at once when ``head_end`` finds the whole head already
+  received (the common case; one pattern then checks every header line).
+  ``body_length`` and ``wants_keep_alive`` read its framing. Every refusal
+  is a ``RequestError`` that carries the status and code it implies, so the
+  caller only renders ``error.response()`` (CONTRACT 6, "HTTP hygiene").
 - ``render_response`` turns a ``Response`` into head bytes and the body to
   send, framed by Content-Length only, and refuses (ValueError/TypeError)
   one that cannot be sent truthfully. It adds ``Date`` and ``Server`` unless
@@ -42,6 +43,8 @@ __all__ = [
     "RequestError",
     "parse_request_line",
     "parse_header_line",
+    "RequestHead",
+    "head_end",
     "body_length",
     "wants_keep_alive",
     "render_response",
@@ -59,12 +62,23 @@ MAX_BODY_BYTES = 65536
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # the others close if sent one
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TOKEN_STR = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = re.compile(_TOKEN_CHARS.encode("ascii"))
+_TOKEN_STR = re.compile(_TOKEN_CHARS)
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*")  # visible ASCII only
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB
 _BAD_VALUE_STR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+# A whole head (request line to blank line, decoded as latin-1) with nothing to refuse
+# in it: what parse_request_line and parse_header_line accept, spelled as patterns. No
+# repeat can end where the next one starts (values hold no CR or LF), so a failing
+# match backtracks linearly, never quadratically. A head they do not match is read
+# line by line for its exact refusal.
+_VALUE_CHARS = r"[\t\x20-\x7e\x80-\xff]*"  # no CTL but HTAB
+_SIMPLE_HEAD = re.compile(rf"({_TOKEN_CHARS}) (/[\x21-\x7e]*) (HTTP/1\.[01])\r?\n"  # request line
+                          rf"((?:{_TOKEN_CHARS}:{_VALUE_CHARS}\r?\n)*)\r?\n")  # header lines, blank line
+_HEADER_FIELD = re.compile(rf"({_TOKEN_CHARS}):({_VALUE_CHARS})\r?\n")
 
 
 # Status line reasons, looked up once (an HTTPStatus(...) call per response
@@ -167,6 +181,11 @@ def _bad_request(message: str) -> RequestError:
     return RequestError(400, "bad_request", message)
 
 
+def _header_too_large() -> RequestError:
+    return RequestError(431, "header_too_large",
+                        f"Header lines are limited to {MAX_LINE_BYTES} bytes each and {MAX_HEADER_LINES} in all.")
+
+
 # ---------------------------------------------------------------- request heads
 
 
@@ -202,6 +221,71 @@ def parse_header_line(line: bytes) -> tuple[str, str]:
     if _BAD_VALUE.search(value):
         raise _bad_request("A header value contains control characters.")
     return name.decode("ascii").lower(), value.decode("latin-1")
+
+
+def head_end(received: bytes | bytearray) -> int:
+    """The offset just past the blank line ending the head that ``received`` starts with, or -1.
+
+    -1 also when ``received`` starts with an empty line (RFC 9112 2.2 lets a
+    client send some before a request): ``RequestHead.feed_line`` skips those.
+    A bare LF ends a line as CRLF does.
+    """
+    if received[:1] in (b"\r", b"\n", b""):
+        return -1
+    crlf = received.find(b"\n\r\n")
+    lf = received.find(b"\n\n")
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
+
+
+class RequestHead:
+    """One request head, read within the limits of CONTRACT 6 (h11-style: bytes in, values out).
+
+    Feed it line by line as lines arrive (``feed_line``), or whole once
+    ``head_end`` found it all received (``feed_head``): both take the same
+    bytes to the same values and refusals, in the same order, so a bad request
+    line is refused before anything about its headers.
+    """
+
+    def __init__(self):
+        self.request_line: tuple[str, str, str] | None = None  # method, target, version
+        self.headers: list[tuple[str, str]] = []  # (lower-cased name, value) in order
+
+    def too_long(self) -> RequestError:
+        """The refusal of a line over MAX_LINE_BYTES: 414 for the request line, 431 for a header line."""
+        if self.request_line is None:
+            return RequestError(414, "uri_too_long", f"The request line is longer than {MAX_LINE_BYTES} bytes.")
+        return _header_too_large()
+
+    def feed_line(self, line: bytes) -> bool:
+        """One line without its CRLF or LF; True once it was the blank line that ends the head."""
+        if len(line) > MAX_LINE_BYTES:
+            raise self.too_long()
+        if self.request_line is None:
+            if line:  # RFC 9112 2.2: empty lines before a request line are ignored
+                self.request_line = parse_request_line(line)
+            return False
+        if not line:
+            return True
+        if len(self.headers) == MAX_HEADER_LINES:
+            raise _header_too_large()
+        self.headers.append(parse_header_line(line))
+        return False
+
+    def feed_head(self, head: bytes) -> None:
+        """A whole head as ``head_end`` delimits it: request line to blank line, each line ending in LF."""
+        simple = _SIMPLE_HEAD.fullmatch(head.decode("latin-1")) if len(head) <= MAX_LINE_BYTES else None
+        if simple is not None and simple[1] in METHODS:  # no line can be too long: the head is not
+            fields = _HEADER_FIELD.findall(simple[4])
+            if len(fields) <= MAX_HEADER_LINES:
+                self.request_line = simple.group(1, 2, 3)
+                self.headers = [(name.lower(), value.strip(" \t")) for name, value in fields]
+                return
+        for line in head.split(b"\n"):  # the exact refusal, or a head longer than one line may be
+            if self.feed_line(line[:-1] if line.endswith(b"\r") else line):
+                return
+        raise ValueError("feed_head takes a whole head, through its blank line")
 
 
 def body_length(method: str, headers: Iterable[tuple[str, str]]) -> int:

@@ -51,14 +51,15 @@ import time
 from typing import BinaryIO, Callable
 
 from .http_protocol import (
-    MAX_HEADER_LINES,
     MAX_LINE_BYTES,
     METHODS_WITH_BODY,
     FileBody,
     Request,
     RequestError,
+    RequestHead,
     Response,
     body_length,
+    head_end,
     json_error,
     parse_header_line,
     parse_request_line,
@@ -109,15 +110,6 @@ class _PeerClosed(Exception):
     """The client closed its side before a whole request arrived."""
 
 
-def _uri_too_long() -> RequestError:
-    return RequestError(414, "uri_too_long", f"The request line is longer than {MAX_LINE_BYTES} bytes.")
-
-
-def _header_too_large() -> RequestError:
-    return RequestError(431, "header_too_large",
-                        f"Header lines are limited to {MAX_LINE_BYTES} bytes each and {MAX_HEADER_LINES} in all.")
-
-
 class _Reader:
     """A receive buffer over one socket; every read waits only for the time left."""
 
@@ -153,6 +145,23 @@ class _Reader:
             raise _PeerClosed()
         self._received += len(data)
         self._buffer += data
+
+    def take_head(self, deadline: float) -> bytes | None:
+        """The whole next request head if its bytes are all here (waiting for the first ones), else None."""
+        if not self._buffer:
+            self._fill(deadline)
+        buffer = self._buffer
+        end = head_end(buffer)
+        if end < 0:
+            return None
+        if end == len(buffer):  # the usual case: nothing after the head
+            head = bytes(buffer)
+            buffer.clear()
+        else:
+            head = bytes(buffer[:end])
+            del buffer[:end]
+        self._scanned = 0
+        return head
 
     def read_line(self, deadline: float, too_long: Callable[[], RequestError]) -> bytes:
         """One line without its CRLF (a bare LF is accepted too)."""
@@ -255,7 +264,16 @@ class _Connection:
         self.sock = sock
         self.client_address = client_address
         self.reader = _Reader(sock)
-        self.current = ("-", "-")  # method and path of the request being read, for the log
+        self.head = RequestHead()  # of the request being read
+        self._client_gone = lambda: _peer_gone(sock)
+
+    @property
+    def current(self) -> tuple[str, str]:
+        """Method and path of the request being read, for the log; dashes before its request line."""
+        if self.head.request_line is None:
+            return "-", "-"
+        method, target, _ = self.head.request_line
+        return method, target.partition("?")[0]
 
     def serve(self) -> None:
         try:
@@ -274,7 +292,7 @@ class _Connection:
         """Read, answer and write one request; False when the connection ends."""
         deadline = time.monotonic() + self.server.idle_timeout
         self.reader.mark()
-        self.current = ("-", "-")
+        self.head = RequestHead()
         try:
             request, keep_alive = self._read_request(deadline)
         except _Timeout:
@@ -311,21 +329,16 @@ class _Connection:
         return keep_alive and complete
 
     def _read_request(self, deadline: float) -> tuple[Request, bool]:
-        reader = self.reader
-        line = b""
-        while not line:  # RFC 9112 2.2: empty lines before a request line are ignored
-            line = reader.read_line(deadline, _uri_too_long)
-        method, target, version = parse_request_line(line)
+        reader, head = self.reader, self.head
+        whole = reader.take_head(deadline)
+        if whole is not None:  # the usual case: the whole head came in one read
+            head.feed_head(whole)
+        else:  # line by line as it arrives: a bad request line is refused before the rest is sent
+            while not head.feed_line(reader.read_line(deadline, head.too_long)):
+                pass
+        method, target, version = head.request_line
+        headers = head.headers
         path, _, query = target.partition("?")
-        self.current = (method, path)
-        headers = []
-        while True:
-            line = reader.read_line(deadline, _header_too_large)
-            if not line:
-                break
-            if len(headers) == MAX_HEADER_LINES:
-                raise _header_too_large()
-            headers.append(parse_header_line(line))
         length = body_length(method, headers)
         # A body on a method without one: answer, then close, so bytes that
         # follow are never taken for a second request (CONTRACT 6).
@@ -336,7 +349,6 @@ class _Connection:
             if version == "HTTP/1.1" and expect.lower() == "100-continue" and reader.buffered < length:
                 self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = reader.read_exact(length, time.monotonic() + self.server.idle_timeout)
-        sock = self.sock
         request = Request(
             method=method,
             target=target,
@@ -346,7 +358,7 @@ class _Connection:
             headers=tuple(headers),
             body=body,
             client_address=self.client_address,
-            client_gone=lambda: _peer_gone(sock),
+            client_gone=self._client_gone,
         )
         return request, keep_alive
 
@@ -382,7 +394,7 @@ class _Connection:
 
     def _log_access(self, method: str, path: str, status: int, sent: int, started: float) -> None:
         # CONTRACT 6: the path only; a query may hold a link signature. No header values.
-        if self.server.access_log:
+        if self.server.access_log and access_logger.isEnabledFor(logging.INFO):
             access_logger.info("%s %s %s %d %d %.1fms", self.client_address[0], method, path, status, sent, (time.monotonic() - started) * 1000)
 
 

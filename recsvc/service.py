@@ -75,6 +75,8 @@ class PlayResult:
 
 
 class RecordingService:
+    KNOWN_TOKENS = 10_000  # tokens remembered at most; past it the memory starts over
+
     def __init__(self, settings: Settings, store: Store, files: RecordingFiles, counter: RetryCounter,
                  clock: Clock, metrics: Metrics, on_job_queued: Callable[[], None] = lambda: None,
                  on_job_ended: Callable[[int], None] = lambda job_id: None):
@@ -89,7 +91,7 @@ class RecordingService:
         self._counter_state_lock = threading.Lock()  # guards _counter_failing
         self._counter_failing = False
         self._known_tokens_lock = threading.Lock()  # guards _known_tokens
-        self._known_tokens: dict[str, int] = {}
+        self._known_tokens: dict[str, int] = {}  # bearer token -> business id, at most KNOWN_TOKENS
 
     # ------------------------------------------------------------ businesses
 
@@ -100,22 +102,22 @@ class RecordingService:
         return business_id, token
 
     def authenticate(self, token: str | None) -> int | None:
-        """The business of a bearer token. Known tokens are remembered (they never change),
-        so the hot 202 poll does not query businesses; unknown ones are asked every time."""
+        """The business of a bearer token. Known tokens are remembered as they were sent (a
+        business's token never changes, and no business is deleted), so the hot 202 poll
+        neither hashes nor queries; an unknown one is hashed and asked every time."""
         if not token:
             return None
-        token_hash = hash_token(token)
         with self._known_tokens_lock:
-            business_id = self._known_tokens.get(token_hash)
+            business_id = self._known_tokens.get(token)
         if business_id is not None:
             return business_id
         with self.store.reading() as tx:
-            business_id = tx.business_for_token(token_hash)
+            business_id = tx.business_for_token(hash_token(token))
         if business_id is not None:
             with self._known_tokens_lock:
-                if len(self._known_tokens) >= 10_000:
+                if len(self._known_tokens) >= self.KNOWN_TOKENS:
                     self._known_tokens.clear()
-                self._known_tokens[token_hash] = business_id
+                self._known_tokens[token] = business_id
         return business_id
 
     def businesses_with_call(self, call_sid: str) -> list[int]:

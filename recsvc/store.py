@@ -480,6 +480,37 @@ class Tx:
         return self._run("counter_sweep", now, limit)
 
 
+class _Checkout:
+    """``with store._connection() as conn``: a pooled connection for the block, given back after it.
+
+    A class rather than a generator-based contextmanager: the 202 poll takes
+    a connection per request, and the generator machinery cost more than the
+    checkout itself.
+    """
+
+    __slots__ = ("_store", "_conn")
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._conn: sqlite3.Connection | None = None
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._conn = self._store._checkout()
+        return self._conn
+
+    def __exit__(self, *exc_info) -> None:
+        self._store._give_back(self._conn)
+
+
+class _Single(_Checkout):
+    """``with store.single() as tx``: a ``Tx`` on a pooled connection, for one statement."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Tx:
+        return Tx(super().__enter__())
+
+
 class Store:
     """The database file and its connection pool."""
 
@@ -509,23 +540,25 @@ class Store:
             self._all.append(conn)
         return conn
 
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
+    def _connection(self) -> _Checkout:
+        """An idle connection (or a new one) for one with-block, given back at its end."""
+        return _Checkout(self)
+
+    def _checkout(self) -> sqlite3.Connection:
         try:
-            conn = self._idle.pop()
+            return self._idle.pop()
         except IndexError:
-            conn = self._connect()
-        try:
-            yield conn
-        finally:
-            if conn.in_transaction:  # never hand a half-open transaction to the next user
-                conn.rollback()
-            if len(self._idle) < self.MAX_IDLE_CONNECTIONS:
-                self._idle.append(conn)
-            else:  # a burst is over: do not keep a connection (and its page cache) per request of it
-                with self._all_lock:
-                    self._all.remove(conn)
-                conn.close()
+            return self._connect()
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:  # never hand a half-open transaction to the next user
+            conn.rollback()
+        if len(self._idle) < self.MAX_IDLE_CONNECTIONS:
+            self._idle.append(conn)
+        else:  # a burst is over: do not keep a connection (and its page cache) per request of it
+            with self._all_lock:
+                self._all.remove(conn)
+            conn.close()
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -563,11 +596,9 @@ class Store:
             finally:
                 conn.execute("COMMIT")
 
-    @contextlib.contextmanager
-    def single(self) -> Iterator[Tx]:
+    def single(self) -> _Single:
         """A connection for one statement, which SQLite runs as its own snapshot: no BEGIN."""
-        with self._connection() as conn:
-            yield Tx(conn)
+        return _Single(self)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Tx]:

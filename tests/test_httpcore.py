@@ -793,6 +793,24 @@ def test_access_log_can_be_turned_off(make_server, client, caplog):
     assert not [r for r in caplog.records if r.name == "recsvc.access"]
 
 
+def test_an_access_logger_above_info_logs_no_line(client, caplog):
+    caplog.set_level(logging.WARNING, logger="recsvc.access")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    access = logging.getLogger("recsvc.access")
+    access.addHandler(handler)
+    try:
+        c = client()
+        c.send(get("/"))
+        c.response()
+        c.send(get("/"))
+        c.response()
+    finally:
+        access.removeHandler(handler)
+    assert seen == []
+
+
 def test_request_repr_does_not_show_header_values():
     request = Request("GET", "/", "/", headers=(("authorization", "Bearer s3cret"),))
     assert "s3cret" not in repr(request)

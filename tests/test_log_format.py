@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from conftest import ROOT, request, spawn_recsvc
 from recsvc.cli import JsonLogFormatter
@@ -77,3 +80,66 @@ def test_an_exception_is_kept_whole_in_its_json_line():
     entry = json.loads(JsonLogFormatter().format(record))
     assert entry["level"] == "ERROR" and entry["logger"] == "recsvc.test" and entry["message"] == "failed here"
     assert "Traceback" in entry["exception"] and "ValueError: boom" in entry["exception"]
+
+
+def record_at(created: float, message: str = "GET /healthz 200") -> logging.LogRecord:
+    record = logging.LogRecord("recsvc.access", logging.INFO, "", 0, "%s", (message,), None)
+    record.created = created
+    record.msecs = int((created - int(created)) * 1000) + 0.0  # as LogRecord computes it
+    return record
+
+
+# Instants inside one second, across a second, and where rounding to microseconds carries.
+INSTANTS = [1_700_000_000.0, 1_700_000_000.0004, 1_700_000_000.5, 1_700_000_000.9994, 1_700_000_000.9999996,
+            1_700_000_001.0, 1_700_000_001.001, 1_700_003_599.999, 1_700_003_600.0, 0.25, 2_000_000_000.123456]
+
+
+def test_text_lines_are_those_of_the_standard_formatter_second_after_second():
+    from recsvc.cli import TextLogFormatter
+
+    ours, standard = TextLogFormatter(), logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for created in INSTANTS + INSTANTS[::-1]:
+        assert ours.format(record_at(created)) == standard.format(record_at(created)), created
+
+
+def test_json_times_are_iso_utc_of_the_record_second_after_second():
+    from recsvc.clock import iso_utc
+
+    formatter = JsonLogFormatter()
+    for created in INSTANTS + INSTANTS[::-1]:
+        entry = json.loads(formatter.format(record_at(created)))
+        assert entry["time"] == iso_utc(created), created
+
+
+def test_json_lines_keep_non_ascii_text_as_it_is():
+    line = JsonLogFormatter().format(record_at(1_700_000_000.0, "call naïve ✓"))
+    assert "naïve ✓" in line and json.loads(line)["message"] == "call naïve ✓"
+
+
+class Stream:
+    """A text stream that counts its flushes."""
+
+    def __init__(self, line_buffering: bool):
+        self.line_buffering = line_buffering
+        self.text = io.StringIO()
+        self.flushes = 0
+
+    def write(self, text: str) -> int:
+        return self.text.write(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+@pytest.mark.parametrize("line_buffering", [True, False], ids=["line-buffered stream", "buffered stream"])
+def test_every_log_line_is_written_whole_and_a_buffered_stream_is_flushed_per_line(line_buffering):
+    from recsvc.cli import _LineHandler
+
+    stream = Stream(line_buffering)
+    handler = _LineHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for n in range(3):
+        handler.handle(record_at(1_700_000_000.0 + n, f"line {n}"))
+    assert stream.text.getvalue() == "line 0\nline 1\nline 2\n"
+    assert stream.flushes == (0 if line_buffering else 3)
+

@@ -338,3 +338,16 @@ def test_cached_file_vanished_or_of_another_size_costs_one_retry_then_serves_the
     again = h.play(acme.token, "CAV")
     assert (again.status, again.body) == (200, wav)
     assert len(jobs_of(h, acme, "CAV")) == 2
+
+
+def test_the_processing_body_is_compact_json_of_exactly_its_values():
+    import json
+
+    from recsvc.api import processing_body
+
+    expected = {"status": "processing", "job_id": 7, "job_status": "running", "attempt": 1, "max_attempts": 3,
+                "retry_after": 2, "message": "The recording is being prepared; ask again in 2 seconds."}
+    for _ in range(2):  # made once, then remembered: the same bytes
+        assert processing_body(7, "running", 1, 3, 2) == json.dumps(expected, separators=(",", ":")).encode()
+    assert json.loads(processing_body(7, "queued", 1, 3, 2))["job_status"] == "queued"
+    assert json.loads(processing_body(7, "running", True, 3, 2))["attempt"] is True  # not the body of attempt 1
