@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, request
+from conftest import ROOT, request, wait_until
 from demo_process import ADMIN, FAST, play, start_process
 from recsvc.demo_audio import tune_for
 from recsvc.fake_upstream import FakeUpstream, Script
@@ -83,6 +83,25 @@ def test_serve_from_the_pyz_plays_a_recording_and_serves_its_pages(pyz, empty_fo
         finally:
             server.kill()
     assert (empty_folder / "data" / "recsvc.sqlite3").exists()
+
+
+def test_serve_processes_from_the_pyz_starts_its_serving_process_from_the_same_file(pyz, empty_folder):
+    server = start_pyz(pyz, empty_folder, "serve", "--port", "0", "--data-dir", "data", "--processes", "2",
+                       "--counter", "sqlite://")
+    try:
+        assert wait_until(lambda: any("serving process 1 ready" in line for line in server.proc.log_lines), 20), \
+            "".join(server.proc.log_lines)
+
+        def both_answered() -> bool:
+            for _ in range(10):  # a fresh connection each: either process may accept it
+                assert request(server.base_url, "GET", "/healthz").status == 200
+            page = request(server.base_url, "GET", "/metrics").body.decode()
+            return 'process="0",route="healthz"' in page and 'process="1",route="healthz"' in page
+
+        assert wait_until(both_answered, 15)
+        assert server.interrupt() == 0
+    finally:
+        server.kill()
 
 
 def test_demo_from_the_pyz_plays_the_ready_call_and_keeps_its_data_in_the_working_folder(pyz, empty_folder):
