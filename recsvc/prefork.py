@@ -77,10 +77,9 @@ class ServingProcesses:
         self._count = count
         self._stop_timeout = stop_timeout
         self._stopping = threading.Event()
-        self._lock = threading.Lock()  # guards _procs
+        self._lock = threading.Lock()  # guards _procs and _pipes
         self._procs: dict[int, subprocess.Popen] = {}
         self._pipes: dict[int, int] = {}  # index -> write end of its pipe, open while we live
-        self._threads: list[threading.Thread] = []
 
     def command(self, index: int, pipe_read: int, queued_write: int) -> list[str]:
         return [sys.executable, "-m", "recsvc", "serve", *self._flags,
@@ -90,14 +89,8 @@ class ServingProcesses:
     def start(self) -> "ServingProcesses":
         for index in range(1, self._count + 1):
             self._spawn(index)
-            thread = threading.Thread(target=self._watch, args=(index,), name=f"recsvc-process-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            threading.Thread(target=self._watch, args=(index,), name=f"recsvc-process-{index}", daemon=True).start()
         return self
-
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [proc.pid for proc in self._procs.values()]
 
     def _spawn(self, index: int) -> None:
         env = dict(os.environ)
@@ -187,7 +180,7 @@ class ServingProcesses:
             os.close(fd)
 
 
-def watch_parent(parent_fd: int, on_gone, on_job_ended) -> None:
+def watch_parent(parent_fd: int, on_gone: Callable[[], None], on_job_ended: Callable[[int], None]) -> None:
     """In a serving process: read the first process's pipe.
 
     Each line names a job that ended (``on_job_ended(job_id)``); end-of-file
@@ -272,7 +265,8 @@ class MetricsExchange:
     INTERVAL = 1.0
     STALE_AFTER = 5.0
 
-    def __init__(self, data_dir: str, index: int, count: int, families, *, clock=time.time):
+    def __init__(self, data_dir: str, index: int, count: int, families: Callable[[], dict], *,
+                 clock: Callable[[], float] = time.time):
         self._folder = os.path.join(data_dir, "metrics")
         os.makedirs(self._folder, exist_ok=True)
         self._index = index
