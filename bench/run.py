@@ -267,6 +267,19 @@ def load_row(name: str, result: LoadResult, notes: str = "") -> Row:
     return Row(name, result.rate, result.p50_ms, result.p99_ms, result.errors, notes)
 
 
+def release_together(target, items: list, gate: threading.Barrier, timeout: float) -> float:
+    """One thread per item runs ``target(item)``; each waits at ``gate``, which this call
+    passes last, so they start together. Seconds from the release until all ended."""
+    threads = [threading.Thread(target=target, args=(item,), daemon=True) for item in items]
+    for thread in threads:
+        thread.start()
+    began = time.monotonic()
+    gate.wait()
+    for thread in threads:
+        thread.join(timeout)
+    return time.monotonic() - began
+
+
 def check(svc: Recsvc, path: str, token: str, expected: int, method: str = "GET", headers: dict | None = None) -> str:
     """One request before a load, so a row never measures the wrong answer."""
     status, _, _ = svc.http(method, path, token=token, headers=headers)
@@ -301,14 +314,7 @@ def thundering_herd(svc: Recsvc, upstream: FakeUpstream, data: Data, herd: int) 
             statuses[got] = statuses.get(got, 0) + 1
         client.close()
 
-    threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in clients]
-    for thread in threads:
-        thread.start()
-    began = time.monotonic()
-    gate.wait()
-    for thread in threads:
-        thread.join(60)
-    elapsed = time.monotonic() - began
+    elapsed = release_together(one, clients, gate, timeout=60)
     _, _, body = svc.http("GET", "/admin/jobs?call_sid=CAherd", token=ADMIN_TOKEN)
     jobs = len(json.loads(body)["jobs"])
     errors = sum(n for s, n in statuses.items() if s != 202)
@@ -361,14 +367,7 @@ def playback(svc: Recsvc, upstream: FakeUpstream, data: Data, players: int, pref
         with lock:
             outcome[sid] = (requests, landed)
 
-    threads = [threading.Thread(target=player, args=(sid,), daemon=True) for sid in sids]
-    for thread in threads:
-        thread.start()
-    began = time.monotonic()
-    gate.wait()
-    for thread in threads:
-        thread.join(120)
-    elapsed = time.monotonic() - began
+    elapsed = release_together(player, sids, gate, timeout=120)
     delays, counts, failed = [], [], 0
     for sid in sids:
         requests, landed = outcome.get(sid, (0, None))
