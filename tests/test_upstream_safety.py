@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from recsvc import upstream as upstream_module
 from recsvc.fake_upstream import FakeUpstream
 from recsvc.model import DOWNLOAD_FAILED, TOO_LARGE, UPSTREAM_AUTH_FAILED, UPSTREAM_NOT_FOUND
 from recsvc.settings import load_settings
@@ -253,6 +254,40 @@ def test_tls_verifies_the_certificate_against_the_host_name(upstream):
     failure = fails(downloader(ssl_context=context), f"https://localhost:{port}/rec.wav")
     assert server_hostnames == ["localhost"]
     assert failure.code == DOWNLOAD_FAILED  # the fake upstream speaks no TLS
+
+
+def test_plain_http_never_loads_a_trust_store(upstream, monkeypatch):
+    built = []
+    monkeypatch.setattr(upstream_module, "_default_context", None)
+    monkeypatch.setattr(ssl, "create_default_context", lambda *a, **k: built.append(1))
+    url = upstream.set("/plain.wav", body=WAV)
+    got = downloader().download(url, io.BytesIO())
+    assert got.size == len(WAV) and built == []
+
+
+def test_threads_meeting_their_first_https_url_together_share_one_context(monkeypatch):
+    built = []
+
+    def slow_build():  # wide enough for every thread to arrive while the first builds
+        time.sleep(0.05)
+        built.append(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        return built[-1]
+
+    monkeypatch.setattr(upstream_module, "_default_context", None)
+    monkeypatch.setattr(ssl, "create_default_context", slow_build)
+    dl = downloader()
+    got, gate = [], threading.Barrier(16)
+
+    def first_https():
+        gate.wait()
+        got.append(dl.tls_context())
+
+    threads = [threading.Thread(target=first_https) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 1 and len(got) == 16 and all(context is built[0] for context in got)
 
 
 # ---------------------------------------------------------------- redirects
