@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
+import time
 
 import pytest
 
@@ -121,16 +123,15 @@ def test_a_status_outside_the_four_is_refused(db_path):
         conn.close()
 
 
-def test_the_connection_pool_keeps_at_most_a_few_idle_connections_after_a_burst(tmp_path):
-    import threading
-
-    from recsvc.store import Store
+def test_a_burst_of_readers_shares_a_few_connections(tmp_path):
     store = Store(str(tmp_path / "burst.sqlite3"))
-    barrier = threading.Barrier(40)
+    gate, seen = threading.Barrier(40), []
 
     def read() -> None:
+        gate.wait(5)
         with store.reading() as tx:
-            barrier.wait(5)  # 40 connections checked out at once
+            seen.append(store.open_connections)
+            time.sleep(0.005)  # long enough that the 40 overlap
             tx.paused()
 
     threads = [threading.Thread(target=read) for _ in range(40)]
@@ -138,5 +139,66 @@ def test_the_connection_pool_keeps_at_most_a_few_idle_connections_after_a_burst(
         thread.start()
     for thread in threads:
         thread.join(10)
-    assert store.open_connections == Store.MAX_IDLE_CONNECTIONS
+    assert len(seen) == 40  # every reader got its turn
+    assert max(seen) == Store.READ_CONNECTIONS + Store.WRITE_CONNECTIONS
+    store.close()
+
+
+def hold_every_read_connection(store, release: threading.Event) -> list[threading.Thread]:
+    """Threads that each hold one of the store's read connections until ``release``."""
+    holding = threading.Barrier(Store.READ_CONNECTIONS + 1)
+
+    def hold() -> None:
+        with store.reading():
+            holding.wait(5)
+            release.wait(10)
+
+    threads = [threading.Thread(target=hold) for _ in range(Store.READ_CONNECTIONS)]
+    for thread in threads:
+        thread.start()
+    holding.wait(5)
+    return threads
+
+
+def test_a_reader_that_waits_past_the_busy_timeout_gets_store_busy(tmp_path):
+    from recsvc.store import StoreBusy
+    store = Store(str(tmp_path / "busy.sqlite3"), busy_timeout=0.2)
+    release = threading.Event()
+    holders = hold_every_read_connection(store, release)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreBusy, match="no database connection came free"):
+            with store.single() as tx:
+                tx.paused()
+        assert 0.2 <= time.monotonic() - started < 2
+    finally:
+        release.set()
+        for thread in holders:
+            thread.join(5)
+    with store.single() as tx:  # the pool is whole again
+        assert tx.paused() is False
+    store.close()
+
+
+def test_a_read_inside_a_write_never_waits_for_the_pool(tmp_path):
+    """The thread holds the write connection; with every read connection taken
+    it gets an extra one at once (closed after), so it cannot wait for itself."""
+    store = Store(str(tmp_path / "nested.sqlite3"), busy_timeout=5)
+    release = threading.Event()
+    holders = hold_every_read_connection(store, release)
+    try:
+        before = store.open_connections
+        with store.writing() as tx:
+            tx.set_paused(True)
+            started = time.monotonic()
+            with store.reading() as inner:
+                assert inner.paused() is False  # its own snapshot: the write is not committed yet
+            assert time.monotonic() - started < 1
+        assert store.open_connections == before
+    finally:
+        release.set()
+        for thread in holders:
+            thread.join(5)
+    with store.single() as tx:
+        assert tx.paused() is True
     store.close()
