@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -56,6 +57,20 @@ def test_the_pyz_answers_version_and_refuses_a_bad_setting_with_status_2(pyz, em
     bad = run_pyz(pyz, empty_folder, "serve", "--job-timeout", "-1")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "recsvc: error: --job-timeout must be a positive number, got '-1'"
+
+
+def test_the_pyz_carries_bytecode_and_imports_from_it(pyz, empty_folder):
+    """Every module has its compiled form beside it: zipimport cannot write a cache, so
+    without them each start compiles the whole package (about 100 ms here)."""
+    with zipfile.ZipFile(pyz) as archive:
+        names = set(archive.namelist())
+    sources = {name for name in names if name.startswith("recsvc/") and name.endswith(".py")}
+    assert sources and {name + "c" for name in sources} <= names
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import recsvc.cli, recsvc.store; "
+              "print(recsvc.cli.__file__, recsvc.store.__file__)")
+    loaded = subprocess.run([sys.executable, "-c", script, pyz], cwd=empty_folder, env=pyz_env(),
+                            capture_output=True, text=True, timeout=20, check=True).stdout.split()
+    assert loaded == [os.path.join(pyz, "recsvc", "cli.pyc"), os.path.join(pyz, "recsvc", "store.pyc")]
 
 
 def test_serve_from_the_pyz_plays_a_recording_and_serves_its_pages(pyz, empty_folder):
