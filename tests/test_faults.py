@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+from typing import Iterator
 
 import pytest
 
@@ -57,14 +58,16 @@ SERVE_FLAGS = ("--port", "0", "--admin-token", ADMIN_TOKEN, "--allow-upstream", 
                "--heartbeat-interval", "0.2", "--download-timeout", "20", "--idle-timeout", "2")
 
 
-def _serve(data_dir, *extra: str) -> tuple[subprocess.Popen, str]:
+@contextlib.contextmanager
+def _serving(data_dir, *extra: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A real ``serve`` on ``data_dir`` for the block; killed at its end if it still runs."""
     proc = spawn_recsvc("serve", data_dir, *SERVE_FLAGS, *extra)
     try:
-        return proc, wait_listening(proc)
-    except BaseException:
-        proc.kill()
-        proc.wait(5)
-        raise
+        yield proc, wait_listening(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
 
 
 def _refuses_connections(base_url: str) -> bool:
@@ -89,8 +92,7 @@ def _start_slow_download(base_url: str, upstream, path: str, body: bytes, second
 def test_sigterm_stops_accepting_lets_the_download_finish_within_the_grace_and_exits_0(tmp_path, upstream):
     data_dir = tmp_path / "data"
     body = sized_wav(200_000, seed="sigterm")
-    proc, base_url = _serve(data_dir, "--shutdown-grace", "5")
-    try:
+    with _serving(data_dir, "--shutdown-grace", "5") as (proc, base_url):
         token = _start_slow_download(base_url, upstream, "/slow.wav", body, seconds=1.5)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -99,45 +101,31 @@ def test_sigterm_stops_accepting_lets_the_download_finish_within_the_grace_and_e
         assert proc.poll() is None, "exited before the download in flight finished"
         code = proc.wait(8)
         took = time.monotonic() - signalled
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
     print(f"\nSIGTERM: refusing connections after {refused_after:.2f}s, exit {code} after {took:.2f}s")
     assert code == 0
     latest = _jobs(data_dir, "CASLOW")[0]
     assert latest.status == "completed", latest
-    proc, base_url = _serve(data_dir)
-    try:
+    with _serving(data_dir) as (proc, base_url):
         answer = request(base_url, "GET", "/api/recordings/file/CASLOW", token=token)
         assert answer.status == 200 and answer.body == body
-    finally:
-        proc.terminate()
-        proc.wait(8)
 
 
 def test_sigterm_with_a_download_longer_than_the_grace_exits_0_and_the_orphan_is_replaced_at_start(tmp_path, upstream):
     data_dir = tmp_path / "data"
     body = sized_wav(200_000, seed="grace")
-    proc, base_url = _serve(data_dir, "--shutdown-grace", "0.5")
-    try:
+    with _serving(data_dir, "--shutdown-grace", "0.5") as (proc, base_url):
         token = _start_slow_download(base_url, upstream, "/slower.wav", body, seconds=6)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(5)
         took = time.monotonic() - signalled
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
     print(f"\nSIGTERM past the grace: exit {code} after {took:.2f}s")
     assert code == 0
     assert took < 3, f"the grace was 0.5 s but the process took {took:.2f}s to exit"
     left = _jobs(data_dir, "CASLOW")
     assert [j.status for j in left] == ["running"], left  # left to the orphan rule
     upstream.set("/slower.wav", body=body)  # fast now
-    proc, base_url = _serve(data_dir)
-    try:
+    with _serving(data_dir) as (proc, base_url):
         jobs = _jobs(data_dir, "CASLOW")
         orphan = next(j for j in jobs if j.id == left[0].id)
         assert (orphan.status, orphan.error_code, orphan.error_message) == ("failed", "orphaned", "worker restarted")
@@ -145,7 +133,6 @@ def test_sigterm_with_a_download_longer_than_the_grace_exits_0_and_the_orphan_is
         assert wait_until(lambda: _jobs(data_dir, "CASLOW")[0].status == "completed", 10)
         answer = request(base_url, "GET", "/api/recordings/file/CASLOW", token=token)
         assert answer.status == 200 and answer.body == body
-    finally:
         proc.terminate()
         assert proc.wait(8) == 0
 
