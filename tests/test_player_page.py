@@ -400,22 +400,16 @@ def test_signed_link_player_polls_without_a_token_and_plays_the_link(browser, ba
 # -- stopping -----------------------------------------------------------------
 
 @pytest.mark.parametrize("lang", ["he", "en"])
-def test_missing_call_stops_at_call_not_found_with_the_contract_message(browser, backend, lang):
-    call_sid = backend.call_sid("missing")
+@pytest.mark.parametrize("scenario, state", [
+    pytest.param("missing", "call_not_found", id="404-call_not_found"),
+    pytest.param("no-url", "not_found", id="404-no_recording_url-not_found"),
+])
+def test_a_404_stops_at_once_naming_call_or_recording_with_the_contract_message(browser, backend, lang, scenario,
+                                                                                state):
+    call_sid = backend.call_sid(scenario)
     snapshot = settle(browser, player_url(backend, call_sid, lang=lang))
-    assert snapshot["state"] == "call_not_found"
-    assert snapshot["message"] == MESSAGES[("call_not_found", lang)]
-    assert snapshot["audio"] is None
-    assert_language(snapshot, lang)
-    assert len(requests_or_skip(backend, call_sid)) == 1
-
-
-@pytest.mark.parametrize("lang", ["he", "en"])
-def test_call_without_recording_stops_at_not_found_with_the_contract_message(browser, backend, lang):
-    call_sid = backend.call_sid("no-url")
-    snapshot = settle(browser, player_url(backend, call_sid, lang=lang))
-    assert snapshot["state"] == "not_found"
-    assert snapshot["message"] == MESSAGES[("not_found", lang)]
+    assert snapshot["state"] == state
+    assert snapshot["message"] == MESSAGES[(state, lang)]
     assert snapshot["audio"] is None
     assert_language(snapshot, lang)
     assert len(requests_or_skip(backend, call_sid)) == 1
