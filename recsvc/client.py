@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from recsvc import __version__
-from recsvc.outcomes import JOB_STATUS_HE, LANGS, ltr, outcome_message, words
+from recsvc.outcomes import LANGS, Heard, Progress, outcome_message
 
 log = logging.getLogger(__name__)
 
@@ -144,52 +144,6 @@ class Recording:
     requests: int
     seconds: float
     status: int
-
-
-@dataclass(frozen=True)
-class Heard:
-    """The last answer as a player tells it: a status with its code and job, or a network error's kind."""
-
-    status: int | None  # None: a network error
-    error_code: str | None = None
-    job_status: str | None = None
-    attempt: object = None
-    max_attempts: object = None
-    network: str = "other"  # refused, reset, timeout, closed, name, other (recsvc.outcomes WORDS net_*)
-
-    def describe(self, lang: str = "en") -> str:
-        """"connection refused", "202 attempt 1/3, job running", "503 storage_unavailable", in ``lang``."""
-        if self.status is None:
-            return words(f"net_{self.network}", lang)
-        if self.status == 202 and self.job_status is not None:
-            job_status = self.job_status
-            if lang == "he":
-                job_status = JOB_STATUS_HE.get(job_status) or ltr(job_status, lang)
-            return words("processing", lang, attempt=self.attempt, max_attempts=self.max_attempts, job_status=job_status)
-        return f"{self.status} {ltr(self.error_code, lang)}" if self.error_code else str(self.status)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """What a player tells its user while it waits (CONTRACT 7: whom it asks, what it last heard)."""
-
-    attempt: int  # requests sent so far, the one in flight included
-    elapsed: float  # seconds since the player began
-    base_url: str
-    heard: Heard | None  # the last answer; None before the first
-    asking: bool  # True: a request is in flight; False: waiting to send the next one
-    seconds: float  # asking: how long the server may hold it; waiting: seconds until the next request
-
-    def text(self, call_sid: str, lang: str = "en") -> str:
-        """One line in ``lang``: "CA1: 12s, attempt 3 to http://host: connection refused; next try in 4s"."""
-        heard = self.heard.describe(lang) if self.heard is not None else words("nothing_yet", lang)
-        # Whole seconds: the next try "in 4s", not in 3.99s.
-        common = dict(call_sid=call_sid, elapsed=int(self.elapsed), attempt=self.attempt, url=self.base_url,
-                      heard=heard, seconds=math.ceil(self.seconds))
-        if self.asking:
-            held = words("held", lang, seconds=int(self.seconds)) if self.seconds >= 1 else ""
-            return words("asking", lang, held=held, **common)
-        return words("waiting", lang, **common)
 
 
 class RecordingError(Exception):

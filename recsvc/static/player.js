@@ -496,7 +496,9 @@ export function mountPlayer(element, options = {}) {
     if (state === "waiting" && !stopped) return;
     stop();
     start();
-    element.focus?.();
+    // The button leaves with the stop; keyboard focus goes to the status, not to the page's start.
+    messageElement.tabIndex = -1;
+    messageElement.focus();
   }
 
   start();
