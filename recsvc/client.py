@@ -2,16 +2,24 @@
 
 Theory of operation. CONTRACT section 7 tells a player what to do with each
 answer of ``GET /api/recordings/file/{call_sid}``; ``player_action`` is that
-table as a pure function of the HTTP status, and ``RecordingClient`` is the
-loop around it:
+table as a pure function of the HTTP status and the error code, and
+``RecordingClient`` is the loop around it:
 
 - 200 / 206: play (return a ``Recording``).
 - 202: wait ``Retry-After`` clamped to 1..10 s (missing or garbage: 2), ask again.
-- 404, 500, 400/401/403 and any other status: stop with the matching
-  ``RecordingError`` subclass (outcome ``not_found``, ``worker_offline``,
-  ``error``).
+- 404 ``call_not_found``: stop ``call_not_found``; any other 404: ``not_found``.
+- 500 ``worker_not_processing_queue``: ``worker_offline``; 500
+  ``recording_download_failed``: ``download_failed``; any other 500:
+  ``server_error``.
+- 400/401/403 and any other status: stop ``error``.
 - a network error, 502, 503, 504: wait 1, 2, 4, 8, 8, ... s and ask again;
   any other answer starts the backoff over.
+- ``max_wait`` spent: stop ``unavailable`` when the last answer was a network
+  error, 502, 503 or 504 (the server could not be reached), else ``timeout``
+  (it answered, the recording is not ready).
+
+Every stop raises a ``RecordingError`` subclass whose ``outcome`` names a row
+of recsvc.outcomes.OUTCOMES and whose message is that row's text.
 
 Every request carries ``Prefer: wait=N`` (CONTRACT 5b), N the whole seconds
 left before ``max_wait`` (omitted under 1 s), so a recording that is ready
@@ -21,12 +29,20 @@ request is N plus ``request_timeout``.
 Why the loop always ends (CONTRACT 8, invariant 3): a request asks to be held
 no longer than the time left, a wait is cut to the time left, and a request
 made after a cut wait is the last one: if it does not bring the recording,
-the player stops with ``timeout``. So the player stops within ``max_wait``
-plus one request, whatever the server answers. A recording that arrives on
-that last request still plays. "One request" is bounded by the socket
-timeout, N + ``request_timeout``, which urllib applies to each blocking step
-(connect, each read), not to a whole answer: a server that trickles its
-answer a byte at a time can stretch that one request further.
+the player stops. So the player stops within ``max_wait`` plus one request,
+whatever the server answers; ``max_wait=0`` is exactly one request. A
+recording that arrives on that last request still plays. "One request" is
+bounded by the socket timeout, N + ``request_timeout``, which urllib applies
+to each blocking step (connect, each read), not to a whole answer: a server
+that trickles its answer a byte at a time can stretch that one request
+further.
+
+Progress (CONTRACT 7: "at least every few seconds"): with ``on_progress``,
+the player reports a ``Progress`` when it sends a request, after each answer,
+and at least every ``progress_every`` seconds (5) in between: a wait is
+slept in pieces of at most that long, and a request the server holds runs
+on a helper thread while the caller's thread reports. Every report comes
+from the caller's thread.
 
 Time is injected (``clock=``, ``sleep=``) so tests run the whole loop in fake
 time; ``opener=`` takes anything with urllib's ``open(request, timeout=)``.
@@ -34,11 +50,14 @@ time; ``opener=`` takes anything with urllib's ``open(request, timeout=)``.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import logging
 import math
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -47,47 +66,42 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from recsvc import __version__
+from recsvc.outcomes import LANGS, Heard, Progress, outcome_message
 
 log = logging.getLogger(__name__)
 
-# CONTRACT 7, the messages table, word for word; {waited} stands for X.
-MESSAGES: dict[str, dict[str, str]] = {
-    "he": {
-        "not_found": "ההקלטה לא נמצאה. אין כתובת הקלטה לשיחה זו",
-        "worker_offline": "שרת ההקלטות לא מגיב. אנא נסה שוב מאוחר יותר או פנה לתמיכה",
-        "timeout": "ההקלטה עדיין בתהליך הכנה (חיכינו {waited} שניות). זה יכול לקחת עד 3 דקות",
-    },
-    "en": {
-        "not_found": "Recording not found: this call has no recording.",
-        "worker_offline": "The recording server is not responding. Try again later or contact support.",
-        "timeout": "The recording is still being prepared (waited {waited} seconds). This can take up to 3 minutes.",
-    },
-}
-
-# Player actions of CONTRACT 7; the last three are also the player's outcomes.
+# Player actions of CONTRACT 7; the stops are also the player's outcomes.
 PLAY = "play"
 WAIT = "wait"
 BACKOFF = "backoff"
+CALL_NOT_FOUND = "call_not_found"
 NOT_FOUND = "not_found"
 WORKER_OFFLINE = "worker_offline"
+DOWNLOAD_FAILED = "download_failed"
+SERVER_ERROR = "server_error"
 ERROR = "error"
+TIMEOUT = "timeout"
+UNAVAILABLE = "unavailable"
 
 RETRY_AFTER_MIN = 1
 RETRY_AFTER_MAX = 10
 RETRY_AFTER_DEFAULT = 2
 BACKOFF_CAP = 8
+PROGRESS_EVERY = 5.0
 # A 202 or an error body is a small JSON object; never read more of one.
 STATUS_BODY_LIMIT = 64 * 1024
 
 _DELAY_SECONDS = re.compile(r"[0-9]+")
+# CONTRACT 7: which 500 is which stop.
+_STOPS_OF_500 = {"worker_not_processing_queue": WORKER_OFFLINE, "recording_download_failed": DOWNLOAD_FAILED}
 
 
 def message(case: str, lang: str = "en", waited: float = 0) -> str:
-    """The contract's text for ``case`` in ``lang``; X of ``timeout`` is the whole seconds waited."""
-    return MESSAGES[lang][case].format(waited=int(waited))
+    """The contract's text for outcome ``case`` in ``lang``; X is the whole seconds waited."""
+    return outcome_message(case, lang, waited=waited)
 
 
-def player_action(status: int | None) -> str:
+def player_action(status: int | None, error_code: str | None = None) -> str:
     """What a player does with an answer (CONTRACT 7); ``None`` is a network error."""
     if status is None or status in (502, 503, 504):
         return BACKOFF
@@ -96,9 +110,9 @@ def player_action(status: int | None) -> str:
     if status == 202:
         return WAIT
     if status == 404:
-        return NOT_FOUND
+        return CALL_NOT_FOUND if error_code == "call_not_found" else NOT_FOUND
     if status == 500:
-        return WORKER_OFFLINE
+        return _STOPS_OF_500.get(error_code or "", SERVER_ERROR)
     # 400 / 401 / 403 by the table; every other status is no promise of the
     # contract either, and asking again would not change it.
     return ERROR
@@ -132,21 +146,8 @@ class Recording:
     status: int
 
 
-@dataclass(frozen=True)
-class Progress:
-    """What a player tells its user before each wait."""
-
-    attempt: int  # requests made so far
-    elapsed: float  # seconds since the player began
-    status: int | None  # HTTP status of the last answer, None for a network error
-    said: str  # the last answer in words: job status, error code or network error
-    retry_after: float  # seconds the player waits now
-    error_code: str | None = None
-    job_status: str | None = None
-
-
 class RecordingError(Exception):
-    """The player stopped without a recording; ``outcome`` is its state in CONTRACT 7."""
+    """The player stopped without a recording; ``outcome`` is its state in CONTRACT 7 (recsvc.outcomes)."""
 
     outcome = ERROR
 
@@ -166,27 +167,55 @@ class RecordingError(Exception):
         self.requests = requests
         self.seconds = seconds
 
+    @property
+    def waited(self) -> float:
+        return self.seconds
+
 
 class RecordingNotFound(RecordingError):
+    """404 other than ``call_not_found``: the call has no recording (or the provider has none)."""
+
     outcome = NOT_FOUND
+
+
+class CallNotFound(RecordingNotFound):
+    """404 ``call_not_found``: no such call for this business (a mistyped call sid, say)."""
+
+    outcome = CALL_NOT_FOUND
 
 
 class WorkerOffline(RecordingError):
     outcome = WORKER_OFFLINE
 
 
+class DownloadFailed(RecordingError):
+    outcome = DOWNLOAD_FAILED
+
+
+class ServerError(RecordingError):
+    outcome = SERVER_ERROR
+
+
 class RecordingTimeout(RecordingError):
-    """``max_wait`` ran out; ``status`` and ``error_code`` are those of the last answer."""
+    """``max_wait`` ran out while the server answered; ``status`` and ``error_code`` are those of the last answer."""
 
-    outcome = "timeout"
+    outcome = TIMEOUT
 
-    @property
-    def waited(self) -> float:
-        return self.seconds
+
+class ServerUnavailable(RecordingError):
+    """``max_wait`` ran out and the last answer was a network error, 502, 503 or 504."""
+
+    outcome = UNAVAILABLE
 
 
 class ClientError(RecordingError):
     outcome = ERROR
+
+
+_STOPS: dict[str, type[RecordingError]] = {
+    kind.outcome: kind
+    for kind in (CallNotFound, RecordingNotFound, WorkerOffline, DownloadFailed, ServerError, ClientError)
+}
 
 
 @dataclass(frozen=True)
@@ -197,6 +226,7 @@ class _Answer:
     headers: Any = None
     body: bytes = b""
     network_error: str | None = None
+    network: str = "other"
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name) if self.headers is not None else None
@@ -208,19 +238,16 @@ class _Answer:
             return {}
         return fields if isinstance(fields, dict) else {}
 
-    def said(self) -> str:
+    def heard(self, fields: dict) -> Heard:
         if self.status is None:
-            return f"network error: {self.network_error}"
-        fields = self.json_fields()
-        if self.status == 202:
-            job_status = fields.get("job_status")
-            if job_status is None:
-                return "HTTP 202 processing"
-            attempt = fields.get("attempt")
-            max_attempts = fields.get("max_attempts")
-            return f"HTTP 202 processing: job {job_status}, attempt {attempt}/{max_attempts}"
-        code = fields.get("error")
-        return f"HTTP {self.status} {code}" if code else f"HTTP {self.status}"
+            return Heard(None, network=self.network)
+        return Heard(
+            self.status,
+            error_code=_text_or_none(fields.get("error")),
+            job_status=_text_or_none(fields.get("job_status")) if self.status == 202 else None,
+            attempt=fields.get("attempt"),
+            max_attempts=fields.get("max_attempts"),
+        )
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -232,13 +259,6 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 def default_opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(_NoRedirects)
-
-
-_STOPS: dict[str, type[RecordingError]] = {
-    NOT_FOUND: RecordingNotFound,
-    WORKER_OFFLINE: WorkerOffline,
-    ERROR: ClientError,
-}
 
 
 class RecordingClient:
@@ -256,21 +276,25 @@ class RecordingClient:
         opener=None,
         on_progress: Callable[[Progress], None] | None = None,
         request_timeout: float = 30,
+        progress_every: float = PROGRESS_EVERY,
     ) -> None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
-        if lang not in MESSAGES:
-            raise ValueError(f"lang must be one of {sorted(MESSAGES)}, got {lang!r}")
+        if lang not in LANGS:
+            raise ValueError(f"lang must be one of {sorted(LANGS)}, got {lang!r}")
         if not max_wait >= 0:
             raise ValueError(f"max_wait must be a number >= 0, got {max_wait!r}")
         if not request_timeout > 0:
             raise ValueError(f"request_timeout must be a positive number, got {request_timeout!r}")
+        if not progress_every > 0:
+            raise ValueError(f"progress_every must be a positive number, got {progress_every!r}")
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.max_wait = max_wait
         self.lang = lang
         self.request_timeout = request_timeout
+        self.progress_every = progress_every
         self._clock = clock
         self._sleep = sleep
         self._opener = opener if opener is not None else default_opener()
@@ -286,14 +310,22 @@ class RecordingClient:
         start = self._clock()
         requests = 0
         failures = 0  # network-class answers in a row
+        heard: Heard | None = None
         last_request = False
         left = self.max_wait
+
+        def report(asking: bool, seconds: float) -> None:
+            self._on_progress(Progress(requests, self._clock() - start, self.base_url, heard, asking, seconds))
+
         while True:
-            answer = self._ask(url, prefer_wait_seconds(left))
+            prefer_wait = prefer_wait_seconds(left)
             requests += 1
+            answer = self._ask_reporting(url, prefer_wait, lambda: report(True, prefer_wait or 0))
             elapsed = self._clock() - start
-            action = player_action(answer.status)
-            log.debug("call_sid=%s attempt=%d %s -> %s", call_sid, requests, answer.said(), action)
+            fields = answer.json_fields()
+            heard = answer.heard(fields)
+            action = player_action(answer.status, heard.error_code)
+            log.debug("call_sid=%s attempt=%d %s -> %s", call_sid, requests, heard.describe(), action)
             if action == PLAY:
                 return Recording(
                     body=answer.body,
@@ -302,12 +334,11 @@ class RecordingClient:
                     seconds=elapsed,
                     status=answer.status,
                 )
-            fields = answer.json_fields()
             if action in _STOPS:
                 raise _STOPS[action](
                     self._stop_message(action, answer, fields),
                     status=answer.status,
-                    error_code=_text_or_none(fields.get("error")),
+                    error_code=heard.error_code,
                     requests=requests,
                     seconds=elapsed,
                 )
@@ -319,10 +350,13 @@ class RecordingClient:
                 delay = backoff_seconds(failures)
             left = self.max_wait - elapsed
             if last_request or left <= 0:
-                raise RecordingTimeout(
-                    message("timeout", self.lang, elapsed),
+                # CONTRACT 7: a server that could not be reached is unavailable;
+                # one that answered and is not done is still preparing.
+                kind = ServerUnavailable if action == BACKOFF else RecordingTimeout
+                raise kind(
+                    outcome_message(kind.outcome, self.lang, waited=elapsed),
                     status=answer.status,
-                    error_code=_text_or_none(fields.get("error")),
+                    error_code=heard.error_code,
                     requests=requests,
                     seconds=elapsed,
                 )
@@ -331,30 +365,52 @@ class RecordingClient:
             # clock, so a sleep that wakes a hair early cannot add another.
             if delay >= left:
                 delay, last_request = left, True
-            if self._on_progress is not None:
-                self._on_progress(
-                    Progress(
-                        attempt=requests,
-                        elapsed=elapsed,
-                        status=answer.status,
-                        said=answer.said(),
-                        retry_after=delay,
-                        error_code=_text_or_none(fields.get("error")),
-                        job_status=_text_or_none(fields.get("job_status")),
-                    )
-                )
-            self._sleep(delay)
+            self._wait(delay, lambda seconds: report(False, seconds))
             left = self.max_wait - (self._clock() - start)
 
+    def _wait(self, delay: float, report: Callable[[float], None]) -> None:
+        """Sleep ``delay``, telling ``on_progress`` at its start and at least every ``progress_every`` s."""
+        if self._on_progress is None:
+            self._sleep(delay)
+            return
+        while True:
+            report(delay)
+            piece = min(delay, self.progress_every)
+            self._sleep(piece)
+            delay -= piece
+            if delay <= 0:
+                return
+
+    def _ask_reporting(self, url: str, prefer_wait: int | None, report: Callable[[], None]) -> _Answer:
+        """``_ask``; with ``on_progress``, on a helper thread while this one reports every ``progress_every`` s."""
+        if self._on_progress is None:
+            return self._ask(url, prefer_wait)
+        outcome: list = []
+        done = threading.Event()
+
+        def ask() -> None:
+            try:
+                outcome.append(self._ask(url, prefer_wait))
+            except BaseException as err:  # handed to the caller's thread, raised there
+                outcome.append(err)
+            finally:
+                done.set()
+
+        threading.Thread(target=ask, name="recsvc-player-request", daemon=True).start()
+        while not done.wait(self.progress_every):
+            report()  # a held request is waiting, not silence (CONTRACT 7)
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
     def _stop_message(self, action: str, answer: _Answer, fields: dict) -> str:
-        if action in (NOT_FOUND, WORKER_OFFLINE):
-            return message(action, self.lang)
-        # The contract has no text for `error`; the server's own sentence is
-        # the most precise one there is.
+        if action != ERROR:
+            return outcome_message(action, self.lang)
+        # The contract has no text for `error`: say what the server answered,
+        # in its own words when it gave some.
         code = _text_or_none(fields.get("error"))
-        server_message = _text_or_none(fields.get("message"))
-        text = f"Request refused: HTTP {answer.status}" + (f" {code}" if code else "")
-        return f"{text}: {server_message}" if server_message else f"{text}."
+        said = f"HTTP {answer.status}" + (f" {code}" if code else "")
+        return outcome_message(ERROR, self.lang, answer=said, detail=_text_or_none(fields.get("message")) or "")
 
     def _ask(self, url: str, prefer_wait: int | None) -> _Answer:
         headers = {"User-Agent": f"recsvc-client/{__version__}"}
@@ -379,14 +435,30 @@ class RecordingClient:
         except (OSError, http.client.HTTPException) as err:
             # Refused, reset, timed out, or a malformed answer (URLError is an
             # OSError): all are network errors to a player.
-            return _Answer(None, network_error=_describe(err))
+            reason = err.reason if isinstance(err, urllib.error.URLError) else err
+            return _Answer(None, network_error=_describe(reason), network=_network_kind(reason))
 
 
-def _describe(err: BaseException) -> str:
-    reason = err.reason if isinstance(err, urllib.error.URLError) else err
+def _describe(reason: object) -> str:
     if isinstance(reason, BaseException):
         return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
     return str(reason)
+
+
+def _network_kind(reason: object) -> str:
+    """The kind of a network error, as recsvc.outcomes words it (``net_<kind>``)."""
+    if isinstance(reason, ConnectionRefusedError):
+        return "refused"
+    # RemoteDisconnected is a ConnectionResetError too: it is tested first.
+    if isinstance(reason, (http.client.RemoteDisconnected, http.client.IncompleteRead, http.client.BadStatusLine)):
+        return "closed"
+    if isinstance(reason, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        return "reset"
+    if isinstance(reason, (TimeoutError, socket.timeout)) or getattr(reason, "errno", None) == errno.ETIMEDOUT:
+        return "timeout"
+    if isinstance(reason, socket.gaierror):
+        return "name"
+    return "other"
 
 
 def _media_type(content_type: str | None) -> str:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .client import ClientError, RecordingNotFound, RecordingTimeout
+from .client import CallNotFound, ClientError, RecordingNotFound, RecordingTimeout
 from .conformance_http import (
     Answer, Fail, Skip, Target, expect, expect_error, expect_header, expect_retry_after, expect_status,
 )
@@ -433,9 +433,9 @@ def _(t):
     expect_player_stops(t, *t.call("no_url"), RecordingNotFound, "no_recording_url")
 
 
-@check("client.missing_stops_not_found", "CONTRACT 7 404 -> not_found", "missing")
+@check("client.missing_stops_call_not_found", "CONTRACT 7 404 call_not_found -> call_not_found", "missing")
 def _(t):
-    expect_player_stops(t, *t.call("missing"), RecordingNotFound, "call_not_found")
+    expect_player_stops(t, *t.call("missing"), CallNotFound, "call_not_found")
 
 
 @check("client.wrong_token_stops_error", "CONTRACT 7 401 -> error")

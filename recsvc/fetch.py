@@ -6,13 +6,19 @@ Usage: recsvc fetch CALL_SID [-o FILE] [--token T] [--base-url URL]
 The token comes from ``--token`` or ``RECSVC_TOKEN``; the base URL from
 ``--base-url``, ``RECSVC_BASE_URL`` or ``http://127.0.0.1:8080``. The file is
 ``{CALL_SID}.{wav|mp3|ogg|flac|bin}`` unless ``-o`` names one; ``-o -`` writes
-the bytes to stdout. A file appears whole or not at all (temporary file,
-fsync, ``os.replace``). While the player waits, stderr shows the elapsed
-time, the attempt and what the server said: one updating line on a terminal,
-one line per wait otherwise.
+the bytes to stdout, and is refused (exit 2) when stdout is a terminal. A
+file appears whole or not at all (temporary file, fsync, ``os.replace``).
 
-Exit status: 0 saved, 3 not found, 4 worker offline, 5 timeout, 1 any other
-error (401 included), 2 usage.
+While the player waits, stderr shows at least every 5 s the seconds waited,
+the attempt, the server asked and what it last heard ("connection refused",
+"202 attempt 1/3, job running"), a held request included: on a terminal one
+line rewritten in place and cut to the terminal's width, otherwise one plain
+line per report. ``--lang he`` says every line in Hebrew. ``--max-wait 0``
+is one request.
+
+Exit status (recsvc.outcomes.OUTCOMES): 0 saved, 3 call_not_found or
+not_found, 4 worker_offline, 5 timeout, 6 download_failed, 7 unavailable,
+1 any other stop or error (server_error, error, an unwritable file), 2 usage.
 """
 
 from __future__ import annotations
@@ -25,34 +31,12 @@ import sys
 import tempfile
 from typing import Mapping
 
-from recsvc.client import (
-    ClientError,
-    Progress,
-    RecordingClient,
-    RecordingError,
-    RecordingNotFound,
-    RecordingTimeout,
-    WorkerOffline,
-)
+from recsvc.client import Progress, RecordingClient, RecordingError
+from recsvc.outcomes import EXIT_ERROR, EXIT_OK, EXIT_USAGE, OUTCOMES, exit_codes_help, words
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 DEFAULT_MAX_WAIT = 180.0
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_WORKER_OFFLINE = 4
-EXIT_TIMEOUT = 5
-
-# Most specific first: every stop is a RecordingError.
-EXIT_CODES: tuple[tuple[type[RecordingError], int], ...] = (
-    (RecordingNotFound, EXIT_NOT_FOUND),
-    (WorkerOffline, EXIT_WORKER_OFFLINE),
-    (RecordingTimeout, EXIT_TIMEOUT),
-    (ClientError, EXIT_ERROR),
-    (RecordingError, EXIT_ERROR),
-)
+DEFAULT_COLUMNS = 80
 
 # CONTRACT 5: the content types the service serves.
 EXTENSIONS = {
@@ -69,18 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recsvc fetch",
         description="Save a call's recording, waiting for it as CONTRACT section 7 tells a player.",
+        epilog="exit status:\n" + exit_codes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("call_sid", metavar="CALL_SID")
-    parser.add_argument("-o", "--output", metavar="FILE", help="where to save; '-' for stdout (default CALL_SID.EXT)")
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help="where to save; '-' for stdout, never a terminal (default CALL_SID.EXT)")
     parser.add_argument("--token", help="business bearer token (default: $RECSVC_TOKEN)")
     parser.add_argument("--base-url", metavar="URL", help=f"service URL (default: $RECSVC_BASE_URL or {DEFAULT_BASE_URL})")
-    parser.add_argument("--lang", choices=("he", "en"), default="en", help="language of the messages (default en)")
+    parser.add_argument("--lang", choices=("he", "en"), default="en", help="language of every line (default en)")
     parser.add_argument(
         "--max-wait",
         metavar="S",
         type=_seconds,
         default=DEFAULT_MAX_WAIT,
-        help=f"give up after this many seconds (default {DEFAULT_MAX_WAIT:g})",
+        help=f"give up after this many seconds; 0 is one request (default {DEFAULT_MAX_WAIT:g})",
     )
     return parser
 
@@ -99,7 +86,7 @@ def main(argv: list[str] | None = None, *, stdout=None, stderr=None, environ: Ma
                 parser.error("a token is required: --token T or RECSVC_TOKEN")
             base_url = args.base_url or environ.get("RECSVC_BASE_URL") or DEFAULT_BASE_URL
             try:
-                progress = ProgressLine(stderr, args.call_sid)
+                progress = ProgressLine(stderr, args.call_sid, args.lang, environ)
                 client = RecordingClient(
                     base_url, token, max_wait=args.max_wait, lang=args.lang, on_progress=progress.show
                 )
@@ -107,16 +94,20 @@ def main(argv: list[str] | None = None, *, stdout=None, stderr=None, environ: Ma
                 parser.error(str(err))
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if args.output == "-" and _isatty(stdout):
+        # Audio bytes on a terminal are garbage at best, escape sequences at worst.
+        print(words("stdout_is_terminal", args.lang), file=stderr)
+        return EXIT_USAGE
 
     try:
         recording = client.wait_for_recording(args.call_sid)
     except RecordingError as err:
         progress.finish()
         print(err.message, file=stderr)
-        return next(code for kind, code in EXIT_CODES if isinstance(err, kind))
+        return OUTCOMES[err.outcome].exit_code
     except KeyboardInterrupt:
         progress.finish()
-        print("recsvc fetch: interrupted", file=stderr)
+        print(words("interrupted", args.lang), file=stderr)
         return 130
     progress.finish()
 
@@ -130,11 +121,11 @@ def main(argv: list[str] | None = None, *, stdout=None, stderr=None, environ: Ma
     try:
         write_atomically(path, recording.body)
     except OSError as err:
-        print(f"recsvc fetch: cannot write {path}: {err.strerror or err}", file=stderr)
+        print(words("cannot_write", args.lang, path=path, reason=str(err.strerror or err)), file=stderr)
         return EXIT_ERROR
     print(
-        f"saved {path} ({len(recording.body)} bytes, {recording.content_type}) "
-        f"after {recording.requests} request(s), {recording.seconds:.1f}s",
+        words("saved", args.lang, path=path, size=len(recording.body), content_type=recording.content_type,
+              requests=recording.requests, seconds=f"{recording.seconds:.1f}"),
         file=stderr,
     )
     return EXIT_OK
@@ -163,32 +154,56 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 class ProgressLine:
-    """The player's waits on stderr: one line rewritten with '\\r' on a terminal, plain lines otherwise."""
+    """The player's reports on stderr: one line rewritten in place on a terminal, plain lines otherwise."""
 
-    def __init__(self, stream, call_sid: str) -> None:
+    def __init__(self, stream, call_sid: str, lang: str = "en", environ: Mapping[str, str] | None = None) -> None:
         self._stream = stream
         self._call_sid = call_sid
-        isatty = getattr(stream, "isatty", None)
-        self._terminal = bool(isatty and isatty())
-        self._width = 0  # length of the line on screen, to blank it out
+        self._lang = lang
+        self._environ = os.environ if environ is None else environ
+        self._terminal = _isatty(stream)
+        self._shown = False  # a line is on screen, to be ended by finish()
 
     def show(self, event: Progress) -> None:
-        text = (
-            f"{self._call_sid}: {event.elapsed:.0f}s elapsed, attempt {event.attempt}, "
-            f"{event.said}; next try in {event.retry_after:.3g}s"
-        )
+        text = event.text(self._call_sid, self._lang)
         if self._terminal:
-            self._stream.write("\r" + text.ljust(self._width))
-            self._width = len(text)
+            # "\r" back to the start, the line cut to fit (a wrapped line could
+            # not be rewritten), then erase what a longer line left behind.
+            self._stream.write("\r" + fit(text, self._columns() - 1) + "\x1b[K")
+            self._shown = True
         else:
             self._stream.write(text + "\n")
         self._stream.flush()
 
     def finish(self) -> None:
-        if self._terminal and self._width:
+        if self._shown:
             self._stream.write("\n")
             self._stream.flush()
-            self._width = 0
+            self._shown = False
+
+    def _columns(self) -> int:
+        """The terminal's width now (it may have been resized); $COLUMNS or 80 when it cannot be asked."""
+        try:
+            return os.get_terminal_size(self._stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            pass
+        columns = self._environ.get("COLUMNS", "")
+        return int(columns) if columns.isdigit() and int(columns) > 1 else DEFAULT_COLUMNS
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` characters, an ellipsis marking the cut."""
+    if len(text) <= width:
+        return text
+    return text[: max(width - 1, 0)] + "…"
+
+
+def _isatty(stream) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (OSError, ValueError):
+        return False
 
 
 def _seconds(value: str) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import pathlib
 import socket
+import threading
 import time
 
 import pytest
@@ -22,13 +23,17 @@ from contract_fake import (
     processing,
 )
 from recsvc.client import (
-    MESSAGES,
+    CallNotFound,
     ClientError,
+    DownloadFailed,
+    Heard,
     Progress,
     RecordingClient,
     RecordingError,
     RecordingNotFound,
     RecordingTimeout,
+    ServerError,
+    ServerUnavailable,
     WorkerOffline,
     backoff_seconds,
     default_opener,
@@ -37,6 +42,7 @@ from recsvc.client import (
     prefer_wait_seconds,
     retry_after_seconds,
 )
+from recsvc.outcomes import OUTCOMES, outcome_message
 
 CONTRACT = pathlib.Path(__file__).resolve().parent.parent / "CONTRACT.md"
 
@@ -71,6 +77,10 @@ def player(server_or_url, clock: FakeClock, **options) -> RecordingClient:
 # --- CONTRACT 7's messages -------------------------------------------------
 
 
+CONTRACT_CASES = ("call_not_found", "not_found", "worker_offline", "download_failed", "server_error",
+                  "unavailable", "timeout")
+
+
 def contract_messages() -> dict[str, dict[str, str]]:
     """The messages table of CONTRACT section 7, read from the contract itself."""
     text = CONTRACT.read_text(encoding="utf-8")
@@ -78,16 +88,16 @@ def contract_messages() -> dict[str, dict[str, str]]:
     table: dict[str, dict[str, str]] = {"he": {}, "en": {}}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and cells[0] in ("not_found", "worker_offline", "timeout"):
+        if len(cells) == 3 and cells[0] in CONTRACT_CASES:
             table["he"][cells[0]], table["en"][cells[0]] = cells[1], cells[2]
     return table
 
 
 def test_messages_are_the_contract_table_word_for_word():
     expected = contract_messages()
-    assert set(MESSAGES) == {"he", "en"}
+    assert set(OUTCOMES) == {*CONTRACT_CASES, "error"}
     for lang in ("he", "en"):
-        assert set(MESSAGES[lang]) == {"not_found", "worker_offline", "timeout"}
+        assert set(expected[lang]) == set(CONTRACT_CASES)
         for case, text in expected[lang].items():
             assert message(case, lang, waited=37) == text.replace("X", "37")
 
@@ -128,7 +138,7 @@ def test_message_texts_exact(case, lang, waited, text):
 
 
 def test_english_is_the_default_language():
-    assert message("not_found") == MESSAGES["en"]["not_found"]
+    assert message("not_found") == OUTCOMES["not_found"].en
 
 
 # --- the decision table and its numbers ------------------------------------
@@ -141,7 +151,7 @@ def test_english_is_the_default_language():
         pytest.param(206, "play", id="206-play"),
         pytest.param(202, "wait", id="202-wait-retry-after"),
         pytest.param(404, "not_found", id="404-stop-not_found"),
-        pytest.param(500, "worker_offline", id="500-stop-worker_offline"),
+        pytest.param(500, "server_error", id="500-without-code-stop-server_error"),
         pytest.param(400, "error", id="400-stop-error"),
         pytest.param(401, "error", id="401-stop-error"),
         pytest.param(403, "error", id="403-stop-error"),
@@ -157,6 +167,24 @@ def test_english_is_the_default_language():
 )
 def test_player_action_follows_contract_7(status, action):
     assert player_action(status) == action
+
+
+@pytest.mark.parametrize(
+    "status, code, action",
+    [
+        pytest.param(404, "call_not_found", "call_not_found", id="404-call_not_found"),
+        pytest.param(404, "no_recording_url", "not_found", id="404-no_recording_url-not_found"),
+        pytest.param(404, "recording_not_found_upstream", "not_found", id="404-upstream-not_found"),
+        pytest.param(404, "not_found", "not_found", id="other-404-not_found"),
+        pytest.param(500, "worker_not_processing_queue", "worker_offline", id="500-worker_offline"),
+        pytest.param(500, "recording_download_failed", "download_failed", id="500-download_failed"),
+        pytest.param(500, "internal_error", "server_error", id="other-500-server_error"),
+        pytest.param(503, "storage_unavailable", "backoff", id="503-storage-backoff"),
+        pytest.param(401, "call_not_found", "error", id="code-of-a-401-changes-nothing"),
+    ],
+)
+def test_player_action_reads_the_error_code_of_404_and_500(status, code, action):
+    assert player_action(status, code) == action
 
 
 @pytest.mark.parametrize(
@@ -231,36 +259,51 @@ def test_without_a_token_no_authorization_is_sent(serve, clock):
     assert "authorization" not in server.seen[0].headers
 
 
-@pytest.mark.parametrize("code", ["call_not_found", "no_recording_url", "recording_not_found_upstream"])
-def test_404_stops_not_found(serve, clock, code):
+@pytest.mark.parametrize(
+    "code, kind",
+    [
+        ("call_not_found", CallNotFound),
+        ("no_recording_url", RecordingNotFound),
+        ("recording_not_found_upstream", RecordingNotFound),
+        ("not_found", RecordingNotFound),
+    ],
+)
+def test_404_stops_call_not_found_or_not_found(serve, clock, code, kind):
     server = serve([processing(), failure(404, code)])
-    with pytest.raises(RecordingNotFound) as caught:
+    with pytest.raises(kind) as caught:
         player(server, clock).wait_for_recording("CA1")
     err = caught.value
-    assert (err.outcome, err.status, err.error_code, err.requests) == ("not_found", 404, code, 2)
-    assert err.message == MESSAGES["en"]["not_found"]
+    assert type(err) is kind
+    assert (err.status, err.error_code, err.requests) == (404, code, 2)
+    assert err.message == OUTCOMES[kind.outcome].en
     assert err.seconds == 2
 
 
 @pytest.mark.parametrize(
-    "answer",
+    "answer, kind",
     [
         pytest.param(
-            failure(500, "worker_not_processing_queue", reason="no live worker", retry_after=15), id="no-live-worker"
+            failure(500, "worker_not_processing_queue", reason="no live worker", retry_after=15),
+            WorkerOffline,
+            id="no-live-worker",
         ),
         pytest.param(
             failure(500, "recording_download_failed", reason="retry limit reached", retry_after=598),
-            id="retry-limit-reached",
+            DownloadFailed,
+            id="retry-limit-reached-download-failed",
         ),
+        pytest.param(failure(500, "internal_error", retry_after=2), ServerError, id="any-other-500"),
+        pytest.param(Answer(500, (), b"<html>oops</html>"), ServerError, id="500-without-json"),
     ],
 )
-def test_500_stops_worker_offline_at_once(serve, clock, answer):
+def test_500_stops_at_once_naming_the_reason(serve, clock, answer, kind):
     server = serve([answer])
-    with pytest.raises(WorkerOffline) as caught:
+    with pytest.raises(kind) as caught:
         player(server, clock).wait_for_recording("CA1")
     err = caught.value
-    assert (err.outcome, err.status, err.requests) == ("worker_offline", 500, 1)
-    assert err.message == MESSAGES["en"]["worker_offline"]
+    assert type(err) is kind
+    assert (err.status, err.requests) == (500, 1)
+    assert err.message == OUTCOMES[kind.outcome].en
     assert clock.sleeps == []  # a 500's Retry-After is for people, not for the player
 
 
@@ -274,7 +317,7 @@ def test_4xx_stops_error_with_the_servers_words(serve, clock, status, code):
         player(server, clock).wait_for_recording("CA1")
     err = caught.value
     assert (err.outcome, err.status, err.error_code, err.requests) == ("error", status, code, 1)
-    assert err.message == f"Request refused: HTTP {status} {code}: What the server said."
+    assert err.message == f"The recording could not be loaded (HTTP {status} {code}): What the server said."
     assert clock.sleeps == []
 
 
@@ -355,16 +398,55 @@ def test_progress_is_told_before_each_wait(serve, clock):
     )
     events: list[Progress] = []
     player(server, clock, on_progress=events.append).wait_for_recording("CA1")
-    assert [(e.attempt, e.elapsed, e.status, e.retry_after) for e in events] == [
-        (1, 0, 202, 3),
-        (2, 3, 503, 1),
-        (3, 4, None, 2),
+    assert [(e.attempt, e.elapsed, e.asking, e.seconds) for e in events] == [
+        (1, 0, False, 3),
+        (2, 3, False, 1),
+        (3, 4, False, 2),
     ]
-    assert events[0].job_status == "running"
-    assert events[0].said == "HTTP 202 processing: job running, attempt 1/3"
-    assert events[1].error_code == "overloaded"
-    assert events[1].said == "HTTP 503 overloaded"
-    assert events[2].said.startswith("network error: ")
+    assert {e.base_url for e in events} == {server.base_url}
+    assert events[0].heard == Heard(202, job_status="running", attempt=1, max_attempts=3)
+    assert events[0].heard.describe() == "202 attempt 1/3, job running"
+    assert events[1].heard.describe() == "503 overloaded"
+    assert events[2].heard.describe() == "connection closed without an answer"
+
+
+def test_a_long_wait_is_reported_at_least_every_five_seconds(serve, clock):
+    server = serve([processing(10, job_status="queued"), failure(503, "x"), failure(503, "x"), failure(503, "x"),
+                    failure(503, "x"), audio()])
+    events: list[Progress] = []
+    player(server, clock, on_progress=events.append).wait_for_recording("CA1")
+    assert clock.sleeps == [5, 5, 1, 2, 4, 5, 3]
+    assert [(e.elapsed, e.seconds) for e in events] == [(0, 10), (5, 5), (10, 1), (11, 2), (13, 4), (17, 8), (22, 3)]
+    assert events[-1].text("CA1") == f"CA1: 22s, attempt 5 to {server.base_url}: 503 x; next try in 3s"
+
+
+def test_a_held_request_is_reported_while_the_server_holds_it():
+    """Real time: a server that answers after 1.3 s; reports every 0.5 s while the request is in flight."""
+    with socket.socket() as slow:
+        slow.bind(("127.0.0.1", 0))
+        slow.listen(1)
+        events: list[Progress] = []
+        client = RecordingClient(f"http://127.0.0.1:{slow.getsockname()[1]}", TOKEN, max_wait=30,
+                                 on_progress=events.append, progress_every=0.5, request_timeout=5)
+
+        def answer_late() -> None:
+            conn, _ = slow.accept()
+            with conn:
+                time.sleep(1.3)
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 27\r\n"
+                             b"Connection: close\r\n\r\n{\"error\": \"call_not_found\"}")
+
+        helper = threading.Thread(target=answer_late, daemon=True)
+        helper.start()
+        with pytest.raises(CallNotFound):
+            client.wait_for_recording("CA1")
+        helper.join(5)
+    assert [e.asking for e in events] == [True, True]
+    assert all(e.attempt == 1 and e.heard is None and e.seconds == 30 for e in events)
+    assert events[0].text("CA1") == (
+        f"CA1: 0s, attempt 1 to {client.base_url}: waiting for the answer (the server may hold it 30s); "
+        "last heard: nothing yet"
+    )
 
 
 # --- Prefer: wait ----------------------------------------------------------
@@ -433,6 +515,8 @@ def test_socket_timeout_covers_the_hold_plus_a_margin(serve, clock):
         pytest.param(lambda: [processing(2, hold=True)], 9, 202, id="202-forever-holding-prefer-wait"),
         pytest.param(lambda: [failure(503, "unavailable")], 26, 503, id="503-forever"),
         pytest.param(lambda: [dropped()], 26, None, id="dropped-forever"),
+        pytest.param(lambda: [failure(502, "x")], 26, 502, id="502-forever"),
+        pytest.param(lambda: [failure(504, "x")], 26, 504, id="504-forever"),
         pytest.param(
             lambda: itertools.cycle([processing(2), failure(503, "unavailable")]), 121, 202, id="flapping-202-503"
         ),
@@ -446,7 +530,7 @@ def test_socket_timeout_covers_the_hold_plus_a_margin(serve, clock):
 )
 def test_invariant_3_stops_within_max_wait_plus_one_request(serve, clock, answers, requests, last_status):
     server = serve(answers())
-    with pytest.raises(RecordingTimeout) as caught:
+    with pytest.raises((RecordingTimeout, ServerUnavailable)) as caught:
         player(server, clock, max_wait=180).wait_for_recording("CA1")
     err = caught.value
     # Requests take no fake time here, so "plus one request" is exactly zero.
@@ -458,13 +542,15 @@ def test_invariant_3_stops_within_max_wait_plus_one_request(serve, clock, answer
     if requests is not None:
         assert err.requests == requests
         assert err.status == last_status
-    assert err.outcome == "timeout"
-    assert err.message == message("timeout", "en", 180)
+    # CONTRACT 7: unavailable when the last answer was a network error, 502, 503 or 504.
+    outcome = "unavailable" if err.status in (None, 502, 503, 504) else "timeout"
+    assert err.outcome == outcome
+    assert err.message == message(outcome, "en", 180)
 
 
 def test_invariant_3_connection_refused_forever(clock):
     port = closed_port()
-    with pytest.raises(RecordingTimeout) as caught:
+    with pytest.raises(ServerUnavailable) as caught:
         player(f"http://127.0.0.1:{port}", clock, max_wait=180).wait_for_recording("CA1")
     err = caught.value
     assert err.seconds == 180
@@ -483,12 +569,12 @@ def test_invariant_3_in_real_time_against_a_server_that_never_answers():
             f"http://127.0.0.1:{silent.getsockname()[1]}", TOKEN, max_wait=0.5, request_timeout=0.2
         )
         started = time.monotonic()
-        with pytest.raises(RecordingTimeout) as caught:
+        with pytest.raises(ServerUnavailable) as caught:
             client.wait_for_recording("CA1")
         took = time.monotonic() - started
     assert caught.value.requests == 2
     assert 0.5 <= took < 0.5 + 0.2 + 0.8  # scheduling slack on a busy machine
-    assert caught.value.message == message("timeout", "en", 0)
+    assert caught.value.message == message("unavailable", "en", 0)
 
 
 def test_a_recording_on_the_last_request_still_plays(serve, clock):
@@ -498,11 +584,17 @@ def test_a_recording_on_the_last_request_still_plays(serve, clock):
     assert clock.sleeps == [3, 2]
 
 
-def test_max_wait_zero_asks_once(serve, clock):
-    server = serve([processing(2)])
-    with pytest.raises(RecordingTimeout) as caught:
-        player(server, clock, max_wait=0).wait_for_recording("CA1")
-    assert caught.value.requests == 1
+@pytest.mark.parametrize(
+    "answer, kind",
+    [(processing(2), RecordingTimeout), (failure(503, "storage_unavailable"), ServerUnavailable),
+     (dropped(), ServerUnavailable)],
+    ids=["202-timeout", "503-unavailable", "dropped-unavailable"],
+)
+def test_max_wait_zero_asks_once(serve, clock, answer, kind):
+    server = serve([answer])
+    with pytest.raises(kind) as caught:
+        player(server, clock, max_wait=0, on_progress=lambda event: None).wait_for_recording("CA1")
+    assert caught.value.requests == len(server.seen) == 1
     assert clock.sleeps == []
 
 
@@ -511,9 +603,18 @@ def test_max_wait_zero_asks_once(serve, clock):
 
 def test_hebrew_player_speaks_hebrew(serve, clock):
     server = serve([failure(404, "call_not_found")])
-    with pytest.raises(RecordingNotFound) as caught:
+    with pytest.raises(CallNotFound) as caught:
         player(server, clock, lang="he").wait_for_recording("CA1")
-    assert caught.value.message == "ההקלטה לא נמצאה. אין כתובת הקלטה לשיחה זו"
+    assert caught.value.message == "השיחה לא נמצאה. בדקו את מזהה השיחה"
+
+
+def test_hebrew_error_keeps_the_servers_words_in_their_own_left_to_right_run(serve, clock):
+    server = serve([failure(401, "unauthorized", "Missing or wrong credentials.")])
+    with pytest.raises(ClientError) as caught:
+        player(server, clock, lang="he").wait_for_recording("CA1")
+    assert caught.value.message == (
+        "לא ניתן לטעון את ההקלטה (\u2066HTTP 401 unauthorized\u2069): \u2066Missing or wrong credentials.\u2069"
+    )
 
 
 def test_hebrew_timeout_counts_whole_seconds(serve, clock):
@@ -541,6 +642,21 @@ def test_bad_settings_are_refused_at_construction(options):
         RecordingClient(**options)
 
 
-def test_every_stop_is_a_recording_error():
-    for kind in (RecordingNotFound, WorkerOffline, RecordingTimeout, ClientError):
+def test_every_stop_is_a_recording_error_with_an_outcome_of_the_table():
+    kinds = (CallNotFound, RecordingNotFound, WorkerOffline, DownloadFailed, ServerError, ClientError,
+             RecordingTimeout, ServerUnavailable)
+    assert {kind.outcome for kind in kinds} == set(OUTCOMES)
+    for kind in kinds:
         assert issubclass(kind, RecordingError)
+
+
+def test_progress_lines_in_hebrew_isolate_what_the_server_sent():
+    event = Progress(2, 7.4, "http://127.0.0.1:8080", Heard(202, job_status="running", attempt=1, max_attempts=3),
+                     False, 2)
+    assert event.text("CA1", "he") == (
+        "\u2066CA1\u2069: 7 שניות, ניסיון 2 אל \u2066http://127.0.0.1:8080\u2069: 202 ניסיון 1/3, העבודה בהורדה; "
+        "ניסיון הבא בעוד 2 שניות"
+    )
+    assert outcome_message("error", "he", answer="HTTP 400 invalid_call_sid") == (
+        "לא ניתן לטעון את ההקלטה (\u2066HTTP 400 invalid_call_sid\u2069)."
+    )

@@ -13,7 +13,10 @@ import pytest
 
 from contract_fake import TOKEN, WAV, FakeClock, ScriptedServer, audio, closed_port, failure, processing
 from recsvc import fetch
-from recsvc.client import MESSAGES, RecordingClient, message
+from recsvc.client import RecordingClient, message
+from recsvc.outcomes import OUTCOMES
+
+MESSAGES = {lang: {name: getattr(outcome, lang) for name, outcome in OUTCOMES.items()} for lang in ("he", "en")}
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -114,17 +117,25 @@ def test_an_unwritable_output_is_exit_1_without_traceback(serve, tmp_path):
 @pytest.mark.parametrize(
     "answer, status, text",
     [
-        pytest.param(failure(404, "call_not_found"), 3, MESSAGES["en"]["not_found"], id="404-exit-3"),
+        pytest.param(failure(404, "call_not_found"), 3, MESSAGES["en"]["call_not_found"], id="404-call-exit-3"),
+        pytest.param(failure(404, "no_recording_url"), 3, MESSAGES["en"]["not_found"], id="404-exit-3"),
         pytest.param(
             failure(500, "worker_not_processing_queue", retry_after=15),
             4,
             MESSAGES["en"]["worker_offline"],
-            id="500-exit-4",
+            id="500-worker-exit-4",
         ),
+        pytest.param(
+            failure(500, "recording_download_failed", retry_after=600),
+            6,
+            MESSAGES["en"]["download_failed"],
+            id="500-download-exit-6",
+        ),
+        pytest.param(failure(500, "internal_error"), 1, MESSAGES["en"]["server_error"], id="500-other-exit-1"),
         pytest.param(
             failure(401, "unauthorized", "Missing or wrong credentials."),
             1,
-            "Request refused: HTTP 401 unauthorized: Missing or wrong credentials.",
+            "The recording could not be loaded (HTTP 401 unauthorized): Missing or wrong credentials.",
             id="401-exit-1",
         ),
         pytest.param(failure(400, "invalid_call_sid"), 1, "HTTP 400 invalid_call_sid", id="400-exit-1"),
@@ -146,7 +157,7 @@ def test_timeout_is_exit_5_with_the_waited_seconds(serve, tmp_path, fake_time):
     assert os.listdir(tmp_path) == []
 
 
-def test_max_wait_zero_asks_once_then_times_out(serve):
+def test_max_wait_zero_asks_once_then_times_out(serve, fake_time):
     server = serve([processing(2)])
     code, err = run(["CA1", "--max-wait", "0"], server=server)
     assert code == 5
@@ -160,15 +171,21 @@ def test_hebrew_messages(serve):
     assert err.strip() == "ההקלטה לא נמצאה. אין כתובת הקלטה לשיחה זו"
 
 
-def test_connection_refused_until_max_wait_is_exit_5(fake_time):
-    code, err = run(
-        ["CA1", "--max-wait", "20", "--base-url", f"http://127.0.0.1:{closed_port()}"],
-        environ={"RECSVC_TOKEN": TOKEN},
-    )
-    assert code == 5
-    assert err.splitlines()[0].startswith("CA1: 0s elapsed, attempt 1, network error: ")
-    assert fake_time.sleeps == [1, 2, 4, 8, 5]
-    assert err.splitlines()[-1] == message("timeout", "en", 20)
+def test_connection_refused_until_max_wait_is_exit_7_unavailable(fake_time):
+    base_url = f"http://127.0.0.1:{closed_port()}"
+    code, err = run(["CA1", "--max-wait", "20", "--base-url", base_url], environ={"RECSVC_TOKEN": TOKEN})
+    assert code == 7
+    assert err.splitlines()[0] == f"CA1: 0s, attempt 1 to {base_url}: connection refused; next try in 1s"
+    assert fake_time.sleeps == [1, 2, 4, 5, 3, 5]
+    assert err.splitlines()[-1] == message("unavailable", "en", 20)
+
+
+def test_max_wait_zero_against_a_closed_port_asks_once_and_is_exit_7(fake_time):
+    code, err = run(["CA1", "--max-wait", "0", "--base-url", f"http://127.0.0.1:{closed_port()}"],
+                    environ={"RECSVC_TOKEN": TOKEN})
+    assert code == 7
+    assert err.strip() == message("unavailable", "en", 0)
+    assert fake_time.sleeps == []
 
 
 @pytest.mark.parametrize(
@@ -226,21 +243,58 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(serve, fake_time)
     code, err = run(["CA7"], server=server)
     assert code == 3
     assert err.splitlines() == [
-        "CA7: 0s elapsed, attempt 1, HTTP 202 processing: job running, attempt 1/3; next try in 2s",
-        "CA7: 2s elapsed, attempt 2, HTTP 503 busy; next try in 1s",
-        MESSAGES["en"]["not_found"],
+        f"CA7: 0s, attempt 1 to {server.base_url}: 202 attempt 1/3, job running; next try in 2s",
+        f"CA7: 2s, attempt 2 to {server.base_url}: 503 busy; next try in 1s",
+        MESSAGES["en"]["call_not_found"],
+    ]
+
+
+def test_hebrew_translates_the_progress_lines_too(serve, fake_time):
+    server = serve([processing(2, job_status="queued", attempt=0), failure(404, "call_not_found")])
+    code, err = run(["CA7", "--lang", "he"], server=server)
+    assert code == 3
+    assert err.splitlines() == [
+        f"\u2066CA7\u2069: 0 שניות, ניסיון 1 אל \u2066{server.base_url}\u2069: 202 ניסיון 0/3, העבודה בתור; "
+        "ניסיון הבא בעוד 2 שניות",
+        MESSAGES["he"]["call_not_found"],
     ]
 
 
 def test_progress_is_one_updating_line_on_a_terminal(serve, fake_time):
     server = serve([processing(2, job_status="running", attempt=1), failure(503, "busy"), failure(404, "call_not_found")])
     terminal = Terminal()
-    code, err = run(["CA7"], server=server, stderr=terminal)
+    code, err = run(["CA7"], server=server, stderr=terminal, environ={"COLUMNS": "200"})
     assert code == 3
-    first = "CA7: 0s elapsed, attempt 1, HTTP 202 processing: job running, attempt 1/3; next try in 2s"
-    second = "CA7: 2s elapsed, attempt 2, HTTP 503 busy; next try in 1s"
-    # the shorter second text blanks out what is left of the first
-    assert err == f"\r{first}\r{second.ljust(len(first))}\n{MESSAGES['en']['not_found']}\n"
+    first = f"CA7: 0s, attempt 1 to {server.base_url}: 202 attempt 1/3, job running; next try in 2s"
+    second = f"CA7: 2s, attempt 2 to {server.base_url}: 503 busy; next try in 1s"
+    # each text erases what is left of the one before (ESC [K)
+    assert err == f"\r{first}\x1b[K\r{second}\x1b[K\n{MESSAGES['en']['call_not_found']}\n"
+
+
+def test_the_terminal_line_is_cut_to_the_terminal_width(serve, fake_time):
+    server = serve([processing(2, job_status="running", attempt=1), failure(404, "call_not_found")])
+    code, err = run(["CA7"], server=server, stderr=Terminal(), environ={"COLUMNS": "40"})
+    assert code == 3
+    line = err.split("\n")[0]
+    assert line == "\r" + f"CA7: 0s, attempt 1 to {server.base_url}"[:38] + "…" + "\x1b[K"
+
+
+def test_dash_to_a_terminal_is_refused_with_exit_2_before_any_request(serve):
+    server = serve([audio()])
+    code, err = run(["CA1", "-o", "-"], server=server, stdout=Terminal())
+    assert code == 2
+    assert "will not write audio to a terminal" in err
+    assert server.seen == []
+
+
+def test_help_lists_every_exit_status():
+    stdout = io.StringIO()
+    assert run(["--help"], stdout=stdout)[0] == 0
+    help_text = stdout.getvalue()
+    for line in ("0  saved", "3  call_not_found or not_found", "4  worker_offline", "5  timeout",
+                 "6  download_failed", "7  unavailable", "2  usage"):
+        assert line in help_text
+    assert "1  server_error or error or any other error" in help_text
 
 
 # --- as a process, the way an operator runs it --------------------------------
@@ -269,5 +323,5 @@ def test_python_m_recsvc_fetch_saves_a_file(serve, tmp_path):
 def test_python_m_recsvc_fetch_not_found_is_exit_3_in_hebrew(serve, tmp_path):
     done = run_module(["CA9", "--lang", "he"], serve([failure(404, "call_not_found")]), tmp_path)
     assert done.returncode == 3
-    assert done.stderr.decode("utf-8").strip() == MESSAGES["he"]["not_found"]
+    assert done.stderr.decode("utf-8").strip() == MESSAGES["he"]["call_not_found"]
     assert os.listdir(tmp_path) == []

@@ -6,6 +6,7 @@ scripted stand-in, `FakeRecsvc`, whose call_sid names the scenario it plays:
 
     ready-after-2_<n>       202 (Retry-After: 0), 202 (Retry-After: 1), then 200 with a WAV
     missing_<n>             404 call_not_found
+    no-url_<n>              404 no_recording_url
     worker-offline_<n>      500 worker_not_processing_queue
     processing_<n>          202 (Retry-After: 1) forever
     unavailable_<n>         a dropped connection, a 503, then 200
@@ -41,19 +42,14 @@ import pytest
 
 from chromium import Browser, require_chromium
 
+from recsvc.outcomes import OUTCOMES
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "recsvc" / "static"
 TOKEN = "player-test-token"
 WAV_SECONDS = 1.0
 
-# CONTRACT 7, the messages table.
-MESSAGES = {
-    ("not_found", "he"): "ההקלטה לא נמצאה. אין כתובת הקלטה לשיחה זו",
-    ("not_found", "en"): "Recording not found: this call has no recording.",
-    ("worker_offline", "he"): "שרת ההקלטות לא מגיב. אנא נסה שוב מאוחר יותר או פנה לתמיכה",
-    ("worker_offline", "en"): "The recording server is not responding. Try again later or contact support.",
-    ("timeout", "he"): "ההקלטה עדיין בתהליך הכנה (חיכינו {X} שניות). זה יכול לקחת עד 3 דקות",
-    ("timeout", "en"): "The recording is still being prepared (waited {X} seconds). This can take up to 3 minutes.",
-}
+# CONTRACT 7, the messages table ({X} for X), as recsvc.outcomes holds it.
+MESSAGES = {(name, lang): getattr(outcome, lang) for name, outcome in OUTCOMES.items() for lang in ("he", "en")}
 
 # What the page looks like, read in one evaluation.
 SNAPSHOT_JS = """(() => {
@@ -244,6 +240,8 @@ class _FakeHandler(BaseHTTPRequestHandler):
             return self._audio()
         if scenario == "missing":
             return self._json(404, {"error": "call_not_found", "message": "No such call."})
+        if scenario == "no-url":
+            return self._json(404, {"error": "no_recording_url", "message": "The call has no recording URL."})
         if scenario == "worker-offline":
             return self._json(500, {"error": "worker_not_processing_queue", "message": "No worker is running.",
                                     "reason": "no live worker", "retry_after": 15}, {"Retry-After": "15"})
@@ -402,11 +400,16 @@ def test_signed_link_player_polls_without_a_token_and_plays_the_link(browser, ba
 # -- stopping -----------------------------------------------------------------
 
 @pytest.mark.parametrize("lang", ["he", "en"])
-def test_missing_call_stops_at_not_found_with_the_contract_message(browser, backend, lang):
-    call_sid = backend.call_sid("missing")
+@pytest.mark.parametrize("scenario, state", [
+    pytest.param("missing", "call_not_found", id="404-call_not_found"),
+    pytest.param("no-url", "not_found", id="404-no_recording_url-not_found"),
+])
+def test_a_404_stops_at_once_naming_call_or_recording_with_the_contract_message(browser, backend, lang, scenario,
+                                                                                state):
+    call_sid = backend.call_sid(scenario)
     snapshot = settle(browser, player_url(backend, call_sid, lang=lang))
-    assert snapshot["state"] == "not_found"
-    assert snapshot["message"] == MESSAGES[("not_found", lang)]
+    assert snapshot["state"] == state
+    assert snapshot["message"] == MESSAGES[(state, lang)]
     assert snapshot["audio"] is None
     assert_language(snapshot, lang)
     assert len(requests_or_skip(backend, call_sid)) == 1
@@ -441,21 +444,23 @@ def test_hebrew_player_shows_preparing_with_attempt_then_timeout_with_seconds_wa
     call_sid = backend.call_sid("processing")
     with browser.open(player_url(backend, call_sid, lang="he", max_wait=2)) as page:
         waiting = page.wait_for("""(() => {
-            const text = document.getElementById("player-message").textContent;
+            const text = document.querySelector(".recsvc-player__progress").textContent;
             return document.getElementById("player").dataset.state === "waiting"
-                && text.includes("ניסיון 2") && text;
+                && text.includes("ניסיון 2") && [document.getElementById("player-message").textContent, text];
         })()""", timeout=5)
         page.wait_for(SETTLED_JS, timeout=10)
         snapshot = page.evaluate(SNAPSHOT_JS)
-    assert re.fullmatch(r"מכין את ההקלטה… \(ניסיון 2, חיכינו [01] שניות\)", waiting), waiting
+    assert waiting[0] == "מכינים את ההקלטה…"
+    assert re.fullmatch(rf"ניסיון 2, חיכינו [01] שניות\. פונים אל {re.escape(backend.base_url)}; "
+                        r"נשמע לאחרונה: 202 ניסיון 0/3, העבודה בתור", waiting[1]), waiting
     assert snapshot["state"] == "timeout"
     assert snapshot["message"] == MESSAGES[("timeout", "he")].format(X=2)
     assert_language(snapshot, "he")
 
 
 @pytest.mark.parametrize("lang, prefix", [
-    pytest.param("en", "The recording could not be loaded (HTTP 401): ", id="en"),
-    pytest.param("he", "לא ניתן לטעון את ההקלטה (HTTP 401): ", id="he"),
+    pytest.param("en", "The recording could not be loaded (HTTP 401 unauthorized): ", id="en"),
+    pytest.param("he", "לא ניתן לטעון את ההקלטה (HTTP 401 unauthorized): ", id="he"),
 ])
 def test_wrong_token_stops_at_error_showing_the_server_message(browser, backend, lang, prefix):
     call_sid = backend.call_sid("ready-after-2")
@@ -493,13 +498,18 @@ def test_wait_rules_clamp_retry_after_and_cap_backoff(browser, backend):
             retry_after: ["0", "1", "2", "2.5", "10", "60", "", "soon", null].map((v) => m.retryAfterSeconds(v)),
             backoff: [1, 2, 3, 4, 5, 9].map(m.backoffSeconds),
             prefer_wait: [180000, 179999, 2500, 999, 0, -5].map(m.preferWaitSeconds),
-            outcomes: [200, 206, 202, 404, 500, 400, 401, 403, 502, 503, 504].map(m.outcomeForStatus),
+            outcomes: [200, 206, 202, 404, 500, 400, 401, 403, 502, 503, 504].map((s) => m.outcomeForStatus(s)),
+            coded: [[404, "call_not_found"], [404, "no_recording_url"], [404, "recording_not_found_upstream"],
+                    [500, "worker_not_processing_queue"], [500, "recording_download_failed"],
+                    [500, "internal_error"], [503, "storage_unavailable"]].map(([s, c]) => m.outcomeForStatus(s, c)),
         }))""")
     assert rules["retry_after"] == [1, 1, 2, 2.5, 10, 10, 1, 1, 1]
     assert rules["backoff"] == [1, 2, 4, 8, 8, 8]
     assert rules["prefer_wait"] == [180, 179, 2, 0, 0, 0]
-    assert rules["outcomes"] == ["ready", "ready", "processing", "not_found", "worker_offline",
+    assert rules["outcomes"] == ["ready", "ready", "processing", "not_found", "server_error",
                                  "error", "error", "error", "unavailable", "unavailable", "unavailable"]
+    assert rules["coded"] == ["call_not_found", "not_found", "not_found", "worker_offline", "download_failed",
+                              "server_error", "unavailable"]
 
 
 def test_stop_ends_the_polling_and_keeps_the_last_state(browser, backend):
