@@ -65,7 +65,8 @@ class App:
         if settings.workers > 0:
             self.pool = WorkerPool(self.store, self.files, self.downloader, threads=settings.workers,
                                    heartbeat_interval=settings.heartbeat_interval, clock=clock,
-                                   metrics=self.metrics, on_job_done=lambda job: self._job_ended(job.id),
+                                   metrics=self.metrics, job_timeout=settings.job_timeout,
+                                   on_job_done=lambda job: self._job_ended(job.id),
                                    on_stored=lambda job: self.cache.evict_over_limit(keep=(job.business_id, job.call_sid)))
         self.service = RecordingService(settings, self.store, self.files, self.counter, clock, self.metrics,
                                         on_job_queued=self._job_queued,
@@ -90,6 +91,7 @@ class App:
                 log.warning("%d orphaned job(s) failed and replaced", replaced)
         if self.pool is not None:
             self.pool.start()
+            self.metrics.add_gauges(self._pool_gauges)
         self.cache.start()
         if http:
             if first:
@@ -121,6 +123,14 @@ class App:
         return {
             "recsvc_http_connections": ("Client connections open now.", [((), http.connections if http else 0)]),
             "recsvc_held_requests": ("Requests held by Prefer: wait now (CONTRACT 5b).", [((), self.waiters.held_count())]),
+        }
+
+    def _pool_gauges(self) -> dict:
+        pool = self.pool
+        return {
+            "recsvc_abandoned_downloads": ("Download threads still busy on jobs that are no longer theirs (CONTRACT 4).",
+                                           [((), pool.abandoned_downloads())]),
+            "recsvc_busy_downloads": ("Download threads busy on a job now.", [((), pool.busy)]),
         }
 
     def _spawn(self, name: str, target) -> None:

@@ -231,7 +231,13 @@ SQL = {
     "upsert_worker": "INSERT INTO workers (id, host, pid, threads, heartbeat_interval, started_at, heartbeat_at) "
                      "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
     "beat_worker": "UPDATE workers SET heartbeat_at = ? WHERE id = ?",
-    "beat_running_jobs": "UPDATE jobs SET heartbeat_at = ? WHERE worker_id = ? AND status = 'running'",
+    # The ids that come back are the jobs still the worker's (CONTRACT 4: it abandons the others).
+    "beat_running_jobs": "UPDATE jobs SET heartbeat_at = ? WHERE worker_id = ? AND status = 'running' RETURNING id",
+    # Which of these jobs (a worker's downloads in flight) are no longer that worker's (CONTRACT 4).
+    "lost_jobs": "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?1)) "
+                 "AND NOT (status = 'running' AND worker_id = ?2)",
+    # A write that changes nothing: can this process write at all? (CONTRACT 3, row 7)
+    "probe_write": "UPDATE control SET workers_paused = workers_paused WHERE id = 1",
     "delete_worker": "DELETE FROM workers WHERE id = ?",
     "all_workers": "SELECT id, host, pid, threads, heartbeat_interval, started_at, heartbeat_at FROM workers",
     "live_worker": "SELECT 1 FROM workers WHERE heartbeat_at > ? - 3 * heartbeat_interval "
@@ -434,10 +440,18 @@ class Tx:
     def upsert_worker(self, worker_id: str, host: str, pid: int, threads: int, interval: float, now: float) -> None:
         self._run("upsert_worker", worker_id, host, pid, threads, interval, now, now)
 
-    def beat(self, worker_id: str, now: float) -> None:
-        """The per-process heartbeat: the worker row and its running jobs (CONTRACT 4)."""
+    def beat(self, worker_id: str, now: float) -> set[int]:
+        """The per-process heartbeat: the worker row and its running jobs (CONTRACT 4).
+        Returns the ids of the jobs that are still this worker's."""
         self._run("beat_worker", now, worker_id)
-        self._run("beat_running_jobs", now, worker_id)
+        return {row[0] for row in self._all("beat_running_jobs", now, worker_id)}
+
+    def lost_jobs(self, job_ids: list[int], worker_id: str) -> list[int]:
+        """Which of ``job_ids`` are no longer running under ``worker_id``."""
+        return [row[0] for row in self._all("lost_jobs", json.dumps(job_ids), worker_id)]
+
+    def probe_write(self) -> None:
+        self._run("probe_write")
 
     def delete_worker(self, worker_id: str) -> None:
         self._run("delete_worker", worker_id)
