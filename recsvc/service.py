@@ -166,6 +166,7 @@ class RecordingService:
 
     def _play_with_effects(self, business_id: int, call_sid: str) -> PlayResult:
         queued = False
+        committed: list[Callable[[], None]] = []  # log lines and metrics, told once the commit made them true
         with self.store.writing() as tx:
             now = self.clock()
             facts, recording, handle = self._facts(tx, business_id, call_sid)
@@ -183,18 +184,22 @@ class RecordingService:
                     previous = facts.latest_job
                     job = self._insert_job(tx, call, previous.attempt if previous else 0, now)
                     queued = True
+                else:
+                    tx.probe_write()  # row 7 is judged only while this process can write (CONTRACT 3)
                 result = PlayResult(outcome, job=job, attempt=job.attempt if job else 0)
             else:
                 stuck = outcome.stuck
                 if stuck is not None:                                           # row 8
-                    self._mark_stuck(tx, stuck[0], stuck[1], now)
+                    self._mark_stuck(tx, stuck[0], stuck[1], now, committed)
                 if isinstance(outcome, FirstJob):                               # row 10a
                     job = self._insert_job(tx, call, 0, now)
                     queued = True
                     result = PlayResult(outcome, job=job, attempt=0)
                 else:
-                    result = self._retry(tx, call, outcome, now)                # rows 10b / 10c
+                    result = self._retry(tx, call, outcome, now, committed)     # rows 10b / 10c
                     queued = isinstance(result.outcome, RetryAllowed)
+        for note in committed:
+            note()
         if queued:
             self.on_job_queued()
         stuck = getattr(outcome, "stuck", None)
@@ -206,11 +211,15 @@ class RecordingService:
         job_id = tx.insert_job(call.business_id, call.call_sid, call.recording_url, attempt, now)
         return tx.get_job(job_id)
 
-    def _mark_stuck(self, tx: Tx, job: Job, reason: str, now: float) -> bool:
+    def _mark_stuck(self, tx: Tx, job: Job, reason: str, now: float, committed: list[Callable[[], None]]) -> bool:
+        """Fail a stuck job; its [STUCK] line and metric wait in ``committed`` for the commit (CONTRACT 3)."""
         if not tx.fail_job(job.id, job.status, STUCK, reason, now):
             return False
-        self.metrics.stuck_job(stuck_kind(reason))
-        log.warning("[STUCK] job=%d call_sid=%s reason=%s", job.id, job.call_sid, reason)
+
+        def note() -> None:
+            self.metrics.stuck_job(stuck_kind(reason))
+            log.warning("[STUCK] job=%d call_sid=%s reason=%s", job.id, job.call_sid, reason)
+        committed.append(note)
         return True
 
     def _counter_failed(self, exc: Exception, consequence: str) -> None:
@@ -230,35 +239,43 @@ class RecordingService:
             if recovered:
                 log.info("retry counter answers again")
 
-    def _retry(self, tx: Tx, call: Call, outcome: RetryNeeded, now: float) -> PlayResult:
+    def _retry(self, tx: Tx, call: Call, outcome: RetryNeeded, now: float,
+               committed: list[Callable[[], None]]) -> PlayResult:
+        if not outcome.counts:  # CONTRACT 4: storage_error is the host's fault; the counter is not touched
+            job = self._insert_job(tx, call, outcome.last_job.attempt, now)
+            committed.append(lambda: log.warning("call_sid=%s job=%d replaces job=%d, failed storage_error; "
+                                                 "not counted as a retry", call.call_sid, job.id,
+                                                 outcome.last_job.id))
+            return PlayResult(RetryAllowed(), job=job, attempt=job.attempt)
         key = retry_key(call.business_id, call.call_sid)
         try:
             attempts = self.counter.get(key) or 0
             ttl = self.counter.ttl(key) if attempts >= self.settings.max_retry_attempts else None
-            self._counter_answered()
         except CounterError as exc:
             self._counter_failed(exc, "allowing the retry")
             attempts, ttl = None, None
         verdict = decide_retry(attempts, ttl, outcome.last_failure, self.settings)
         if isinstance(verdict, RetryRefused):
-            self.metrics.fail_fast_trip(verdict.error)
-            if outcome.last_failure == STUCK:
-                log.warning("[FAIL_FAST] Worker not processing queue after %d attempts call_sid=%s",
-                            verdict.attempts, call.call_sid)
-            else:
-                log.warning("[FAIL_FAST] Recording download failed after %d attempts call_sid=%s",
-                            verdict.attempts, call.call_sid)
+            what = ("Worker not processing queue" if outcome.last_failure == STUCK
+                    else "Recording download failed")
+
+            def refused() -> None:
+                self.metrics.fail_fast_trip(verdict.error)
+                log.warning("[FAIL_FAST] %s after %d attempts call_sid=%s", what, verdict.attempts, call.call_sid)
+            committed.append(refused)
             return PlayResult(verdict, job=outcome.last_job, attempt=verdict.attempts)
         try:
             attempt = self.counter.incr_and_expire(key, self.settings.retry_window)
-            self._counter_answered()
         except CounterError as exc:
             self._counter_failed(exc, "allowing the retry")
             attempt = outcome.last_job.attempt + 1
         job = self._insert_job(tx, call, attempt, now)
-        self.metrics.retry()
-        log.warning("[FAIL_FAST] Retry attempt %d/%d for call_sid=%s", attempt,
-                    self.settings.max_retry_attempts, call.call_sid)
+
+        def note() -> None:
+            self.metrics.retry()
+            log.warning("[FAIL_FAST] Retry attempt %d/%d for call_sid=%s", attempt,
+                        self.settings.max_retry_attempts, call.call_sid)
+        committed.append(note)
         return PlayResult(verdict, job=job, attempt=attempt)
 
     # ------------------------------------------------------------ calls (CONTRACT 6)
@@ -364,8 +381,11 @@ class RecordingService:
         stuck = [(job, reason) for job in candidates if (reason := stuck_reason(job, now, self.settings))]
         if not stuck:
             return 0
+        committed: list[Callable[[], None]] = []
         with self.store.writing() as tx:
-            ended = [job.id for job, reason in stuck if self._mark_stuck(tx, job, reason, now)]
+            ended = [job.id for job, reason in stuck if self._mark_stuck(tx, job, reason, now, committed)]
+        for note in committed:
+            note()
         for job_id in ended:
             self.on_job_ended(job_id)
         return len(ended)
