@@ -30,7 +30,7 @@ from .metrics import Metrics
 from .prefork import MetricsExchange
 from .service import RecordingService
 from .settings import Settings
-from .store import Store
+from .store import StorageOutage, Store, StoreError
 from .upstream import Downloader
 from .waiters import JobWaiters
 from .worker import WorkerPool, recover_orphans
@@ -171,8 +171,12 @@ class App:
     # ---- the sweeper (CONTRACT 4)
 
     def _sweep_loop(self) -> None:
+        outage = StorageOutage("the sweeper", log)
         while not self._stopping.wait(self.settings.sweep_interval):
             try:
                 self.service.cleanup()
+                outage.worked()
+            except StoreError as exc:
+                outage.failed(exc)
             except Exception:
                 log.exception("sweeper pass failed")

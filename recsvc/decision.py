@@ -195,6 +195,12 @@ class RetryAllowed:                 # row 10b
 
 
 @dataclass(frozen=True)
+class StorageRetry:                 # row 10b after a storage_error (CONTRACT 3, storage faults; 4)
+    """The last job failed ``storage_error``: a replacement is queued without touching the counter,
+    and the answer is 503 ``storage_unavailable`` — the fault is the host's, and may still be on."""
+
+
+@dataclass(frozen=True)
 class RetryRefused:                 # row 10c
     error: str                      # worker_not_processing_queue | recording_download_failed
     attempts: int

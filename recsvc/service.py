@@ -16,8 +16,10 @@ that raises is logged and the retry allowed (fail open).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import re
 import secrets
 import threading
@@ -28,14 +30,14 @@ from .clock import Clock, iso_utc, wait_seconds
 from .counter import CounterError, RetryCounter, retry_key
 from .decision import (
     CallNotFound, FirstJob, NoLiveWorker, NoRecordingUrl, PlayFacts, PlayOutcome, Processing,
-    RecordingNotFoundUpstream, RetryAllowed, RetryNeeded, RetryRefused, ServeFile,
+    RecordingNotFoundUpstream, RetryAllowed, RetryNeeded, RetryRefused, ServeFile, StorageRetry,
     decide_play, decide_retry, stuck_kind, stuck_reason,
 )
-from .files import RecordingFiles
+from .files import HOSTNAME, TEMP_SUFFIX, RecordingFiles
 from .metrics import Metrics
 from .model import STUCK, SUPERSEDED, TWILIO_CREDENTIALS, Call, Job, Recording, TwilioAccount
 from .settings import Settings
-from .store import Store, Tx
+from .store import Store, StoreBusy, StoreError, Tx
 from .twilio import RecordingStatus, media_url
 from .upstream import check_recording_url
 
@@ -61,7 +63,7 @@ def new_token() -> str:
 @dataclass(frozen=True)
 class PlayResult:
     """What the HTTP layer renders for a play request."""
-    outcome: PlayOutcome | RetryAllowed | RetryRefused
+    outcome: PlayOutcome | RetryAllowed | RetryRefused | StorageRetry
     job: Job | None = None              # the job the 202 is about
     attempt: int = 0
     recording: Recording | None = None  # with ``file`` open, for row 4
@@ -70,8 +72,7 @@ class PlayResult:
     @property
     def needs_effects(self) -> bool:
         """An outcome of ``play(effects=False)`` that must be applied (rows 7, 8, 10)."""
-        return isinstance(self.outcome, (FirstJob, RetryNeeded)) or (
-            isinstance(self.outcome, NoLiveWorker) and self.outcome.create_job)
+        return isinstance(self.outcome, (FirstJob, RetryNeeded, NoLiveWorker))
 
 
 class RecordingService:
@@ -152,9 +153,18 @@ class RecordingService:
             return PlayResult(outcome, recording=recording, file=handle)
         if isinstance(outcome, Processing):
             return PlayResult(outcome, job=outcome.job, attempt=outcome.job.attempt)
-        if not effects or (isinstance(outcome, NoLiveWorker) and not outcome.create_job):
+        if isinstance(outcome, NoLiveWorker):
+            self._check_heartbeats_writable()
+        if not effects:
             return PlayResult(outcome)
         return self._play_with_effects(business_id, call_sid)
+
+    def _check_heartbeats_writable(self) -> None:
+        """Row 7 is judged only while heartbeats can be written (CONTRACT 3, storage faults): a
+        storage fault seen within the liveness window explains the missing beats better."""
+        fault = self.store.fault_within(self.settings.liveness_window)
+        if fault is not None:
+            raise type(fault)(f"worker heartbeats could not be written: {fault}")
 
     def _drop_vanished(self, recording: Recording) -> None:
         """A cached file that vanished or changed size is not cached: drop its row (CONTRACT 3)."""
@@ -197,7 +207,7 @@ class RecordingService:
                     result = PlayResult(outcome, job=job, attempt=0)
                 else:
                     result = self._retry(tx, call, outcome, now, committed)     # rows 10b / 10c
-                    queued = isinstance(result.outcome, RetryAllowed)
+                    queued = isinstance(result.outcome, (RetryAllowed, StorageRetry))
         for note in committed:
             note()
         if queued:
@@ -246,7 +256,7 @@ class RecordingService:
             committed.append(lambda: log.warning("call_sid=%s job=%d replaces job=%d, failed storage_error; "
                                                  "not counted as a retry", call.call_sid, job.id,
                                                  outcome.last_job.id))
-            return PlayResult(RetryAllowed(), job=job, attempt=job.attempt)
+            return PlayResult(StorageRetry(), job=job, attempt=job.attempt)
         key = retry_key(call.business_id, call.call_sid)
         try:
             attempts = self.counter.get(key) or 0
@@ -401,11 +411,17 @@ class RecordingService:
     # ------------------------------------------------------------ health
 
     def readiness(self) -> str | None:
-        """None when ready, else the reason (CONTRACT 6, /readyz)."""
+        """None when ready, else the reason (CONTRACT 6, /readyz); a storage fault is named."""
         try:
+            self.store.probe_write()
+            self._probe_recordings_folder()
             with self.store.reading() as tx:
                 live = tx.live_worker(self.clock())
                 paused = tx.paused()
+        except StoreError as exc:
+            return f"storage {'busy' if isinstance(exc, StoreBusy) else 'unavailable'}: {exc}"
+        except OSError as exc:
+            return f"storage unavailable: the recordings folder cannot be written: {exc.strerror or exc}"
         except Exception as exc:  # any database failure means not ready
             return f"database unavailable: {exc}"
         if paused:
@@ -413,6 +429,19 @@ class RecordingService:
         if not live:
             return "no live worker"
         return None
+
+    def _probe_recordings_folder(self) -> None:
+        """Write one page into the recordings folder and remove it; raises OSError when the disk refuses.
+        Named as a temporary file of this process, so a crash in between leaves nothing for long."""
+        path = os.path.join(self.files.root, f".{HOSTNAME}.{os.getpid()}.readyz{TEMP_SUFFIX}")
+        try:
+            with open(path, "wb") as probe:
+                probe.write(bytes(4096))
+                probe.flush()
+                os.fsync(probe.fileno())
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def gauges(self) -> dict:
         with self.store.reading() as tx:

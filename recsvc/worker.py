@@ -56,7 +56,7 @@ from .media import AUDIO_TYPES
 from .metrics import Metrics
 from .decision import running_too_long
 from .model import DOWNLOAD_FAILED, ORPHANED, STORAGE_ERROR, STUCK, TWILIO_CREDENTIALS, Job, Recording
-from .store import Store, StoreError
+from .store import StorageOutage, Store, StoreError
 from .upstream import DownloadAbandoned, Downloader, DownloadFailed, JobCut, JobDeadlinePassed
 
 log = logging.getLogger(__name__)
@@ -106,29 +106,6 @@ def recover_orphans(store: Store, files: RecordingFiles, clock: Clock, own_worke
     return replaced
 
 
-class StorageOutage:
-    """One line when writes start failing and one when they work again, not one per try."""
-
-    def __init__(self, what: str):
-        self.what = what
-        self._lock = threading.Lock()  # guards since
-        self.since: float | None = None  # time.monotonic() of the first failure of this outage
-
-    def failed(self, exc: Exception) -> None:
-        with self._lock:
-            first, self.since = self.since is None, self.since or time.monotonic()
-        if first:
-            log.warning("%s: storage fault (%s); retrying every heartbeat until it can be written", self.what, exc)
-
-    def worked(self) -> None:
-        if self.since is None:
-            return
-        with self._lock:
-            since, self.since = self.since, None
-        if since is not None:
-            log.warning("%s: storage works again after %.1fs", self.what, time.monotonic() - since)
-
-
 class _Running:
     """A download in flight: its job, its cut, and whether its thread is recording its end."""
 
@@ -168,8 +145,8 @@ class WorkerPool:
         self._running_lock = threading.Lock()  # guards _running and _unrecorded
         self._running: dict[int, _Running] = {}
         self._unrecorded: dict[int, tuple[Job, str, str]] = {}  # job id -> (job, error_code, message)
-        self.claim_outage = StorageOutage("download threads cannot claim jobs")
-        self.heartbeat_outage = StorageOutage(f"worker {self.worker_id} heartbeat")
+        self.claim_outage = StorageOutage("download threads cannot claim jobs", log)
+        self.heartbeat_outage = StorageOutage(f"worker {self.worker_id} heartbeat", log)
 
     # ---- lifecycle
 
@@ -244,11 +221,16 @@ class WorkerPool:
                     self._pending_wakes = max(0, self._pending_wakes - 1)
 
     def _heartbeat_loop(self) -> None:
-        while not self._stopping.wait(self.heartbeat_interval):
+        pause = self.heartbeat_interval
+        while not self._stopping.wait(pause):
+            pause = self.heartbeat_interval
             try:
                 self.heartbeat()
             except StoreError as exc:
                 self.heartbeat_outage.failed(exc)
+                # Sooner while it fails: once storage is back, the beat is fresh again before
+                # anyone can take the missing beats for "no live worker" (CONTRACT 3, row 7).
+                pause = self.heartbeat_interval / 4
             except Exception:
                 log.exception("heartbeat failed")
 

@@ -82,22 +82,22 @@ def test_a_try_running_at_the_jobs_deadline_is_cut_and_the_job_failed_stuck(hang
     assert temp_files(h.app.files.root) == []
 
 
-def test_a_job_failed_storage_error_is_replaced_without_counting_a_retry(make_harness, upstream):
+def test_a_job_failed_storage_error_is_answered_503_and_replaced_without_counting_a_retry(make_harness, upstream):
     h = make_harness(workers=0, max_retry_attempts=2)
     with h.app.store.writing() as tx:  # a live worker elsewhere that never claims: the test plays it
         tx.upsert_worker(f"{HOSTNAME}:1:feedbeef", HOSTNAME, 1, 1, 3600.0, h.clock())
     token = h.business()
     h.put_call(token, "CA-DISK", upstream.set("/disk.wav", body=WAV))
-    attempts = []
+    assert h.play(token, "CA-DISK").status == 202
     for _ in range(5):  # more than max-retry-attempts
-        answer = h.play(token, "CA-DISK")
-        assert answer.status == 202, answer.body
-        attempts.append(answer.json["attempt"])
         with h.app.store.writing() as tx:
             job = tx.latest_job(1, "CA-DISK")
             assert tx.fail_job(job.id, "queued", STORAGE_ERROR, "could not store the recording: disk full",
                                h.clock())
-    assert attempts == [0] * 5
+        answer = h.play(token, "CA-DISK")
+        assert (answer.status, answer.json["error"]) == (503, "storage_unavailable"), answer.body
+        assert answer.header("Retry-After") == "2"
+    assert [job["attempt"] for job in h.jobs("CA-DISK")] == [0] * 6, "a storage_error counted as a retry"
+    assert h.jobs("CA-DISK")[0]["status"] == "queued", "the replacement waits for the disk to work again"
     counter = h.admin("GET", "/admin/retry-counters/1/CA-DISK").json
     assert counter["attempts"] == 0, "a storage_error touched the retry counter"
-    assert len(h.jobs("CA-DISK")) == 5
