@@ -53,7 +53,9 @@ class App:
         self.exchange: MetricsExchange | None = None
         if settings.processes > 1:
             self.exchange = MetricsExchange(settings.data_dir, process_index, settings.processes, self.metrics.families)
-        self.counter = counter if counter is not None else open_counter(settings.counter, clock, store=self.store)
+        self.counter = counter if counter is not None else open_counter(settings.counter, clock, store=self.store,
+                                                                        on_outage=self.metrics.counter_outage)
+        self.metrics.add_gauges(self._counter_gauges)
         self.downloader = downloader if downloader is not None else Downloader(settings)
         self.waiters = JobWaiters(self.store)
         self.cache = RecordingCache(self.store, self.files, settings.cache_max_bytes, clock)
@@ -124,6 +126,11 @@ class App:
             "recsvc_http_connections": ("Client connections open now.", [((), http.connections if http else 0)]),
             "recsvc_held_requests": ("Requests held by Prefer: wait now (CONTRACT 5b).", [((), self.waiters.held_count())]),
         }
+
+    def _counter_gauges(self) -> dict:
+        in_fallback = getattr(self.counter, "in_fallback", False)  # only a shared counter has a fallback
+        return {"recsvc_counter_fallback": ("1 while the shared retry counter is unreachable and this process "
+                                            "counts retries alone (CONTRACT 3).", [((), int(in_fallback))])}
 
     def _pool_gauges(self) -> dict:
         pool = self.pool

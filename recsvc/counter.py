@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 
 class CounterError(Exception):
-    """The counter backend could not answer; callers fail open (CONTRACT 3)."""
+    """The counter backend could not answer: a FallbackCounter counts in the process meanwhile
+    (redis://); for sqlite://, whose faults are the database's own, the caller fails open."""
 
 
 class RetryCounter(Protocol):
@@ -153,20 +154,25 @@ class MemoryCounter:
         pass
 
 
-def open_counter(url: str, clock: Callable[[], float] = time.time, *, store: "Store | None" = None) -> RetryCounter:
+def open_counter(url: str, clock: Callable[[], float] = time.time, *, store: "Store | None" = None,
+                 on_outage: Callable[[], None] = lambda: None) -> RetryCounter:
     """Build the counter named by ``--counter`` (validated by settings).
 
-    ``redis://[:password@]host:port/db`` gives a RedisCounter; it connects on
-    first use, and keeps time by the server's clock, not ``clock``. A bad
+    ``redis://[:password@]host:port/db`` gives a RedisCounter behind a
+    FallbackCounter (CONTRACT 3: the limit holds while Redis is unreachable;
+    ``on_outage`` is told when an outage starts); it connects on first use,
+    and keeps time by the server's clock, not ``clock``. A bad
     redis:// URL raises ValueError saying what is wrong. ``sqlite://`` gives a
     SqliteCounter in ``store``'s database, the one the service itself uses.
     """
     if url == "memory://":
         return MemoryCounter(clock)
     if url.startswith("redis://"):
-        from recsvc.redis_counter import RedisCounter  # imported here: it imports CounterError from this module
+        # imported here: they import this module
+        from recsvc.fallback_counter import FallbackCounter
+        from recsvc.redis_counter import RedisCounter
 
-        return RedisCounter(url)
+        return FallbackCounter(RedisCounter(url), MemoryCounter(clock), on_outage=on_outage)
     if url == "sqlite://":
         if store is None:
             raise ValueError("sqlite:// keeps the counter in the service's database: pass its store")

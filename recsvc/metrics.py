@@ -78,6 +78,7 @@ class Metrics:
         self._job_seconds = _Histogram(DURATION_BUCKETS)
         self._retries = 0
         self._abandoned = 0
+        self._counter_outages = 0
         self._gauge_sources: list[Callable[[], Gauges]] = [process_gauges]
 
     def add_gauges(self, source: Callable[[], Gauges]) -> None:
@@ -101,6 +102,10 @@ class Metrics:
     def retry(self) -> None:
         with self._lock:
             self._retries += 1
+
+    def counter_outage(self) -> None:
+        with self._lock:
+            self._counter_outages += 1
 
     def download_abandoned(self) -> None:
         with self._lock:
@@ -147,6 +152,9 @@ class Metrics:
             lines = family("recsvc_stuck_jobs_total", "counter", "Active jobs marked failed as stuck, by rule.")
             for kind, value in sorted(self._stuck.items()):
                 lines.append(f"recsvc_stuck_jobs_total{_labels(mine + (('reason', kind),))} {value}")
+            lines = family("recsvc_counter_outages_total", "counter",
+                           "Outages of the shared retry counter, each counted in the process meanwhile.")
+            lines.append(f"recsvc_counter_outages_total{_labels(mine)} {self._counter_outages}")
             lines = family("recsvc_downloads_abandoned_total", "counter",
                            "Downloads cut because their job was no longer this worker's (CONTRACT 4).")
             lines.append(f"recsvc_downloads_abandoned_total{_labels(mine)} {self._abandoned}")

@@ -10,8 +10,11 @@ there, so fifty simultaneous requests create one job and one INCR
 (CONTRACT 8.1), across threads and processes alike.
 
 The retry counter is consulted only when a retry is on the table, inside
-that same transaction: GET decides 10b or 10c, then INCR + EXPIRE. A counter
-that raises is logged and the retry allowed (fail open).
+that same transaction: GET decides 10b or 10c, then INCR + EXPIRE. A shared
+counter that is unreachable counts in the process meanwhile
+(``recsvc.fallback_counter``), and the jobs table lends it the retries other
+processes made; a counter without a fallback that raises (sqlite://) is
+logged and the retry allowed (fail open).
 """
 
 from __future__ import annotations
@@ -233,7 +236,8 @@ class RecordingService:
         return True
 
     def _counter_failed(self, exc: Exception, consequence: str) -> None:
-        """Fail open (CONTRACT 3) with one warning per outage, not one per request."""
+        """A counter without a fallback (sqlite://, whose faults are the database's) fails open,
+        with one warning per outage, not one per request."""
         with self._counter_state_lock:
             first = not self._counter_failing
             self._counter_failing = True
@@ -258,9 +262,16 @@ class RecordingService:
                                                  outcome.last_job.id))
             return PlayResult(StorageRetry(), job=job, attempt=job.attempt)
         key = retry_key(call.business_id, call.call_sid)
+        floor = 0
         try:
             attempts = self.counter.get(key) or 0
-            ttl = self.counter.ttl(key) if attempts >= self.settings.max_retry_attempts else None
+            if getattr(self.counter, "in_fallback", False):
+                floor = self._attempts_on_record(outcome.last_job, now)
+            ttl = None
+            if max(attempts, floor) >= self.settings.max_retry_attempts:
+                ttl = self.counter.ttl(key) if attempts >= floor else self._window_left(outcome.last_job, now)
+            attempts = max(attempts, floor)
+            self._counter_answered()
         except CounterError as exc:
             self._counter_failed(exc, "allowing the retry")
             attempts, ttl = None, None
@@ -275,7 +286,8 @@ class RecordingService:
             committed.append(refused)
             return PlayResult(verdict, job=outcome.last_job, attempt=verdict.attempts)
         try:
-            attempt = self.counter.incr_and_expire(key, self.settings.retry_window)
+            attempt = max(self.counter.incr_and_expire(key, self.settings.retry_window), floor + 1)
+            self._counter_answered()
         except CounterError as exc:
             self._counter_failed(exc, "allowing the retry")
             attempt = outcome.last_job.attempt + 1
@@ -287,6 +299,18 @@ class RecordingService:
                         self.settings.max_retry_attempts, call.call_sid)
         committed.append(note)
         return PlayResult(verdict, job=job, attempt=attempt)
+
+    def _attempts_on_record(self, last_job: Job, now: float) -> int:
+        """The call's retry count as its jobs record it, while the window of its last retry lasts.
+
+        Used while a shared counter is unreachable (CONTRACT 3): this process's own count does
+        not know the retries other processes made, but the jobs table, which all of them share,
+        does: a retry job's attempt is the count after its INCR.
+        """
+        return last_job.attempt if self._window_left(last_job, now) > 0 else 0
+
+    def _window_left(self, last_job: Job, now: float) -> float:
+        return last_job.created_at + self.settings.retry_window - now
 
     # ------------------------------------------------------------ calls (CONTRACT 6)
 
