@@ -84,7 +84,7 @@ def recover_orphans(store: Store, files: RecordingFiles, clock: Clock, own_worke
     its attempt number: orphans do not count as retries.
     """
     now = clock()
-    replaced = 0
+    replaced: list[Job] = []
     with store.writing() as tx:
         for job in tx.running_jobs():
             owner = parse_worker_id(job.worker_id or "")
@@ -96,14 +96,15 @@ def recover_orphans(store: Store, files: RecordingFiles, clock: Clock, own_worke
                 continue
             if tx.fail_job(job.id, "running", ORPHANED, "worker restarted", now):
                 tx.insert_job(job.business_id, job.call_sid, job.recording_url, job.attempt, now)
-                replaced += 1
-                log.warning("[ORPHAN] job=%d call_sid=%s failed: worker restarted; replacement queued",
-                            job.id, job.call_sid)
+                replaced.append(job)
         for worker_id, host, pid, *_ in tx.all_workers():
             if host == HOSTNAME and worker_id != own_worker_id and (pid == os.getpid() or not process_alive(pid)):
                 tx.delete_worker(worker_id)
+    for job in replaced:  # told once the commit made it true (CONTRACT 3)
+        log.warning("[ORPHAN] job=%d call_sid=%s failed: worker restarted; replacement queued",
+                    job.id, job.call_sid)
     files.remove_dead_temp_files(own_pid=os.getpid())
-    return replaced
+    return len(replaced)
 
 
 class _Running:
