@@ -17,7 +17,7 @@ import pytest
 from counter_contract import KEY, CounterContract
 from redis_server import free_port, requires_redis
 
-from processes import SERVE_ARGS, Client, Processes
+from processes import SERVE_ARGS, Client, put_calls
 from recsvc.counter import MemoryCounter
 from recsvc.demo_audio import sized_wav
 from recsvc.fallback_counter import FallbackCounter
@@ -112,13 +112,6 @@ def test_during_an_outage_the_server_is_asked_at_most_once_per_interval():
 # ---------------------------------------------------------------- a real serve whose redis-server dies
 
 
-@pytest.fixture
-def procs():
-    started = Processes()
-    yield started
-    started.close()
-
-
 def _metric(client: Client, name: str) -> float:
     match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", client.request("GET", "/metrics").body.decode(), re.M)
     assert match, name
@@ -127,8 +120,8 @@ def _metric(client: Client, name: str) -> float:
 
 @requires_redis
 def test_redis_killed_and_restarted_during_a_run_gives_no_wrong_500_and_keeps_the_limit(
-        procs, tmp_path, redis_server, upstream):
-    serve = procs.start("serve", tmp_path / "data", *SERVE_ARGS, "--counter", redis_server.url(), "--workers", "8",
+        processes, tmp_path, redis_server, upstream):
+    serve = processes.start("serve", tmp_path / "data", *SERVE_ARGS, "--counter", redis_server.url(), "--workers", "8",
                         "--job-timeout", "0.5", "--heartbeat-interval", "0.2", "--retry-window", "60",
                         "--retry-after", "1", "--recovery-retry-after", "1")
     client = Client(serve.base_url())
@@ -136,10 +129,8 @@ def test_redis_killed_and_restarted_during_a_run_gives_no_wrong_500_and_keeps_th
     wav = sized_wav(20_000)
     hung = [f"CA-RH-{i}" for i in range(4)]
     healthy = [f"CA-RO-{i}" for i in range(12)]
-    for sid in hung:
-        client.put_call(token, sid, upstream.set(f"/{sid}.wav", body=wav, hang=True))
-    for sid in healthy:
-        client.put_call(token, sid, upstream.set(f"/{sid}.wav", body=wav))
+    put_calls(client, token, upstream, hung, wav, hang=True)
+    put_calls(client, token, upstream, healthy, wav)
 
     answers: dict[str, list] = {sid: [] for sid in hung + healthy}
     deadline = time.monotonic() + 15

@@ -18,17 +18,10 @@ import time
 
 import pytest
 
-from processes import SERVE_ARGS, Client, Processes, read_db
+from processes import SERVE_ARGS, Client, put_calls, read_db
 from recsvc.demo_audio import sized_wav
 
 DRILL_SECONDS = 20  # no drill waits longer than this for its players
-
-
-@pytest.fixture
-def procs():
-    started = Processes()
-    yield started
-    started.close()
 
 
 def play_to_the_end(client: Client, token: str, call_sid: str, deadline: float, pause: float = 0.1):
@@ -55,6 +48,14 @@ def play_all(client: Client, token: str, call_sids: list[str], seconds: float = 
     for thread in threads:
         thread.join(seconds + 10)
     return answers
+
+
+def assert_played(client: Client, answers: dict, call_sids: list[str], body: bytes) -> None:
+    """Each call's last answer is a 200 with exactly ``body``."""
+    for sid in call_sids:
+        answer = answers[sid]
+        assert answer is not None and answer.status == 200, (sid, answer and answer.body, client.jobs(sid))
+        assert answer.body == body, f"{sid}: wrong bytes"
 
 
 def gauge(client: Client, name: str) -> float:
@@ -100,21 +101,19 @@ class GaugeSampler:
 # ---------------------------------------------------------------- hung upstreams at the seed's timings
 
 
-def test_hung_upstreams_beside_healthy_ones_at_the_seeds_timings_cost_no_healthy_call(procs, tmp_path, upstream):
+def test_hung_upstreams_beside_healthy_ones_at_the_seeds_timings_cost_no_healthy_call(processes, tmp_path, upstream):
     """--job-timeout 2 with the default --download-timeout (30 s): a hung download holds its thread
     for at most job-timeout, and a superseded one is let go within one heartbeat."""
     interval = 0.5
-    serve = procs.start("serve", tmp_path / "data", *SERVE_ARGS, "--workers", "16", "--job-timeout", "2",
+    serve = processes.start("serve", tmp_path / "data", *SERVE_ARGS, "--workers", "16", "--job-timeout", "2",
                         "--heartbeat-interval", str(interval), "--retry-after", "1")
     client = Client(serve.base_url())
     token = client.business()
     wav = sized_wav(30_000)
     hung = [f"CA-HUNG-{i}" for i in range(8)]
     healthy = [f"CA-OK-{i}" for i in range(32)]
-    for sid in hung:
-        client.put_call(token, sid, upstream.set(f"/{sid}.wav", body=wav, hang=True))
-    for sid in healthy:
-        client.put_call(token, sid, upstream.set(f"/{sid}.wav", body=wav))
+    put_calls(client, token, upstream, hung, wav, hang=True)
+    put_calls(client, token, upstream, healthy, wav)
     superseded = hung[:2]  # given a new, healthy URL while their hung download runs
     try:
         with GaugeSampler(client, "recsvc_abandoned_downloads") as sampler:
@@ -130,10 +129,7 @@ def test_hung_upstreams_beside_healthy_ones_at_the_seeds_timings_cost_no_healthy
         upstream.hang_all = False
         upstream.release()
 
-    for sid in healthy + superseded:
-        answer = answers[sid]
-        assert answer is not None and answer.status == 200, (sid, answer and answer.body, client.jobs(sid))
-        assert answer.body == wav, f"{sid}: wrong bytes"
+    assert_played(client, answers, healthy + superseded, wav)
     for sid in hung[2:]:
         answer = answers[sid]
         assert answer is not None and answer.status == 500, (sid, answer and answer.body)
@@ -150,59 +146,45 @@ def test_hung_upstreams_beside_healthy_ones_at_the_seeds_timings_cost_no_healthy
 # ---------------------------------------------------------------- a worker process killed or frozen
 
 
-def _slow_calls(client: Client, token: str, upstream, prefix: str, n: int, body: bytes) -> list[str]:
-    sids = [f"{prefix}-{i}" for i in range(n)]
-    for sid in sids:  # about 1 s per download: long enough to be caught mid-download
-        client.put_call(token, sid, upstream.set(f"/{sid}.wav", body=body, chunk_size=4096, chunk_delay=0.05))
-    return sids
-
-
 def _running_on(data_dir, pid: int) -> list[tuple]:
     return read_db(data_dir, "SELECT id, call_sid FROM jobs WHERE status = 'running' AND worker_id LIKE ?",
                    f"%:{pid}:%")
 
 
-def _wait_running_on(data_dir, pid: int, timeout: float = 10) -> list[tuple]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        running = _running_on(data_dir, pid)
-        if running:
-            return running
-        time.sleep(0.02)
-    raise AssertionError(f"worker {pid} never ran a job")
-
-
 WORKER_TIMINGS = ("--heartbeat-interval", "0.2", "--job-timeout", "6", "--retry-after", "1")
 
 
-def _serve_and_two_workers(procs, data_dir):
-    serve = procs.start("serve", data_dir, *SERVE_ARGS, "--workers", "0", *WORKER_TIMINGS)
+def _two_workers_mid_download(processes, data_dir, upstream, prefix: str):
+    """``serve --workers 0`` and two ``recsvc worker`` processes of 2 threads, 8 calls whose downloads
+    take about 1 s each, all asked for; returns once the first worker runs a job:
+    (client, token, wav, call sids, first worker, the jobs it runs)."""
+    serve = processes.start("serve", data_dir, *SERVE_ARGS, "--workers", "0", *WORKER_TIMINGS)
     client = Client(serve.base_url())
-    workers = [procs.start("worker", data_dir, "--workers", "2", "--allow-upstream", "loopback", *WORKER_TIMINGS)
-               for _ in range(2)]
+    workers = [processes.start("worker", data_dir, "--workers", "2", "--allow-upstream", "loopback",
+                               *WORKER_TIMINGS) for _ in range(2)]
     deadline = time.monotonic() + 10
     while read_db(data_dir, "SELECT COUNT(*) FROM workers")[0][0] < 2:
         assert time.monotonic() < deadline, "the workers never registered"
         time.sleep(0.02)
-    return client, workers
-
-
-def test_kill_9_of_a_worker_process_mid_download_loses_no_call(procs, tmp_path, upstream):
-    data = tmp_path / "data"
-    client, (victim, survivor) = _serve_and_two_workers(procs, data)
     token = client.business()
     wav = sized_wav(80_000)
-    sids = _slow_calls(client, token, upstream, "CA-K", 8, wav)
+    sids = [f"{prefix}-{i}" for i in range(8)]
+    put_calls(client, token, upstream, sids, wav, chunk_size=4096, chunk_delay=0.05)
     for sid in sids:
         assert client.play(token, sid).status == 202
-    lost = _wait_running_on(data, victim.pid)
+    while not (taken := _running_on(data_dir, workers[0].pid)):
+        assert time.monotonic() < deadline + 10, f"worker {workers[0].pid} never ran a job"
+        time.sleep(0.02)
+    return client, token, wav, sids, workers[0], taken
+
+
+def test_kill_9_of_a_worker_process_mid_download_loses_no_call(processes, tmp_path, upstream):
+    data = tmp_path / "data"
+    client, token, wav, sids, victim, lost = _two_workers_mid_download(processes, data, upstream, "CA-K")
     victim.kill9()
 
     answers = play_all(client, token, sids)
-    for sid in sids:
-        answer = answers[sid]
-        assert answer is not None and answer.status == 200, (sid, answer and answer.body, client.jobs(sid))
-        assert answer.body == wav, f"{sid}: wrong bytes"
+    assert_played(client, answers, sids, wav)
     for job_id, call_sid in lost:
         ((status, code),) = read_db(data, "SELECT status, error_code FROM jobs WHERE id = ?", job_id)
         assert (status, code) == ("failed", "stuck"), f"job {job_id} of the killed worker was not replaced"
@@ -210,25 +192,16 @@ def test_kill_9_of_a_worker_process_mid_download_loses_no_call(procs, tmp_path, 
 
 
 def test_a_worker_frozen_past_the_heartbeat_window_is_replaced_and_changes_no_row_when_it_wakes(
-        procs, tmp_path, upstream):
+        processes, tmp_path, upstream):
     data = tmp_path / "data"
-    client, (frozen, other) = _serve_and_two_workers(procs, data)
-    token = client.business()
-    wav = sized_wav(80_000)
-    sids = _slow_calls(client, token, upstream, "CA-F", 8, wav)
-    for sid in sids:
-        assert client.play(token, sid).status == 202
-    taken = _wait_running_on(data, frozen.pid)
+    client, token, wav, sids, frozen, taken = _two_workers_mid_download(processes, data, upstream, "CA-F")
     frozen.signal(signal.SIGSTOP)
     try:
         answers = play_all(client, token, sids)
         rows_while_frozen = read_db(data, "SELECT id, status, finished_at, error_code, worker_id FROM jobs ORDER BY id")
     finally:
         frozen.signal(signal.SIGCONT)
-    for sid in sids:
-        answer = answers[sid]
-        assert answer is not None and answer.status == 200, (sid, answer and answer.body, client.jobs(sid))
-        assert answer.body == wav, f"{sid}: wrong bytes"
+    assert_played(client, answers, sids, wav)
     for job_id, _call_sid in taken:
         ((status, code),) = read_db(data, "SELECT status, error_code FROM jobs WHERE id = ?", job_id)
         assert (status, code) == ("failed", "stuck")

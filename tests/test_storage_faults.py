@@ -20,19 +20,12 @@ import time
 import pytest
 
 from conftest import FakeClock, Harness, make_settings
-from processes import SERVE_ARGS, Client, Processes
+from processes import SERVE_ARGS, Client
 from recsvc import app as app_module
 from recsvc import store as store_module
 from recsvc.app import DATABASE_FILE, App
 from recsvc.demo_audio import sized_wav
 from recsvc.store import Store, StoreBusy, StoreUnavailable
-
-
-@pytest.fixture
-def procs():
-    started = Processes()
-    yield started
-    started.close()
 
 
 @pytest.fixture
@@ -64,8 +57,8 @@ def fill(path) -> None:
         os.close(fd)
 
 
-def test_a_full_disk_answers_503_with_retry_after_and_the_calls_play_once_space_is_freed(procs, small_tmpfs, upstream):
-    serve = procs.start("serve", small_tmpfs, *SERVE_ARGS, "--workers", "2", "--heartbeat-interval", "0.2",
+def test_a_full_disk_answers_503_with_retry_after_and_the_calls_play_once_space_is_freed(processes, small_tmpfs, upstream):
+    serve = processes.start("serve", small_tmpfs, *SERVE_ARGS, "--workers", "2", "--heartbeat-interval", "0.2",
                         "--job-timeout", "5", "--retry-after", "1")
     client = Client(serve.base_url())
     token = client.business()
@@ -118,7 +111,9 @@ def test_missing_heartbeats_that_could_not_be_written_are_a_storage_fault_not_no
         tmp_path, upstream, monkeypatch):
     monkeypatch.setattr(app_module, "Store", functools.partial(Store, busy_timeout=BUSY_TIMEOUT))
     clock = FakeClock()
-    app = App(make_settings(tmp_path / "data", workers=1, heartbeat_interval=1, retry_after=3), clock=clock).start()
+    # A heartbeat interval of 5 s: the liveness window (15 s of real time for the storage fault,
+    # of fake time for the beats) is far longer than the test, however slow the machine.
+    app = App(make_settings(tmp_path / "data", workers=1, heartbeat_interval=5, retry_after=3), clock=clock).start()
     h = Harness(app, clock, upstream)
     try:
         token = h.business()
@@ -128,7 +123,7 @@ def test_missing_heartbeats_that_could_not_be_written_are_a_storage_fault_not_no
         locker = sqlite3.connect(os.path.join(tmp_path / "data", DATABASE_FILE), isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")  # someone else holds the write lock past the busy timeout
         try:
-            clock.advance(10)  # every heartbeat is now older than 3 intervals
+            clock.advance(20)  # every heartbeat is now older than 3 intervals
             with pytest.raises(StoreBusy):
                 app.pool.heartbeat()
             for sid in ("CA-QUEUED", "CA-NOJOB"):
