@@ -177,3 +177,34 @@ def test_a_stuck_job_whose_failure_was_not_committed_is_not_logged_or_counted(ma
     assert [r.getMessage() for r in caplog.records if "[STUCK]" in r.getMessage()] == [
         f"[STUCK] job={job['id']} call_sid=CA-NOCOMMIT reason=queued 6s without worker pickup"]
     assert 'recsvc_stuck_jobs_total{reason="queued"} 1' in h.request("GET", "/metrics").body.decode()
+
+
+def test_download_threads_that_cannot_claim_back_off_and_log_one_line_per_outage(tmp_path, upstream, monkeypatch,
+                                                                                 caplog):
+    monkeypatch.setattr(app_module, "Store", functools.partial(Store, busy_timeout=BUSY_TIMEOUT))
+    clock = FakeClock()
+    app = App(make_settings(tmp_path / "data", workers=2, heartbeat_interval=0.2), clock=clock).start()
+    h = Harness(app, clock, upstream)
+    try:
+        token = h.business()
+        body = sized_wav(10_000)
+        h.put_call(token, "CA-AFTER", upstream.set("/after.wav", body=body))
+        locker = sqlite3.connect(os.path.join(tmp_path / "data", DATABASE_FILE), isolation_level=None)
+        with caplog.at_level(logging.INFO, logger="recsvc"):
+            locker.execute("BEGIN IMMEDIATE")
+            try:
+                time.sleep(2.0)  # about ten claims per thread would fail in this time
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            assert h.play(token, "CA-AFTER").status == 202
+            h.wait_for_job("CA-AFTER", timeout=5)
+            assert h.play(token, "CA-AFTER").body == body
+        worker_lines = [r.getMessage() for r in caplog.records if r.name == "recsvc.worker"]
+        claims = [m for m in worker_lines if m.startswith("download threads cannot claim jobs")]
+        assert len(claims) == 2, worker_lines  # "storage fault ..." when it starts, "works again" when it ends
+        assert "storage fault" in claims[0] and "works again" in claims[1]
+        assert not [r for r in caplog.records if r.exc_info], "a traceback per try"
+        assert len([m for m in worker_lines if "heartbeat: storage" in m]) <= 2
+    finally:
+        app.stop(grace=0.5)
