@@ -16,6 +16,11 @@ class runs against all three:
 - ``ttl(key)``: seconds left as Redis reports them: -2 absent, -1 no expiry.
 - ``delete(key)``: 1 when a key was removed, else 0.
 
+Counters outside the service's database (memory://, redis://) also have
+``decr(key)``: a retry counted in a transaction that did not commit (a
+storage fault) is taken back. ``sqlite://`` needs none: its count is part of
+that transaction and rolls back with it.
+
 Fractions of a second are allowed for ``seconds`` (the contract's durations
 accept them); Redis receives them as milliseconds (PEXPIRE).
 """
@@ -131,6 +136,15 @@ class MemoryCounter:
             self._values[key] = (value, now + seconds)
             self._wrote(now)
             return value
+
+    def decr(self, key: str) -> int:
+        """Redis DECR: take one back (a retry whose transaction did not commit); the key keeps its TTL."""
+        with self._values_lock:
+            now = self._clock()
+            entry = self._live(key, now)
+            value, expires_at = entry if entry else (0, None)
+            self._values[key] = (value - 1, expires_at)
+            return value - 1
 
     def get(self, key: str) -> int | None:
         with self._values_lock:

@@ -77,6 +77,11 @@ class FallbackCounter:
         shared = self._shared(lambda: self.shared.incr_and_expire(key, seconds))
         return local if shared is None else max(local, shared)
 
+    def decr(self, key: str) -> int:
+        local = self.local.decr(key)
+        shared = self._shared(lambda: self.shared.decr(key))
+        return local if shared is None else max(local, shared)
+
     def get(self, key: str) -> int | None:
         values = [v for v in (self.local.get(key), self._shared(lambda: self.shared.get(key))) if v is not None]
         return max(values) if values else None

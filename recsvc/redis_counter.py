@@ -284,6 +284,9 @@ class RedisCounter:
             raise self._unexpected(executed)
         return self._integer(executed[0])
 
+    def decr(self, key: str) -> int:
+        return self._integer(self._run([("DECR", key)], idempotent=False)[0])
+
     def get(self, key: str) -> int | None:
         value = self._run([("GET", key)], idempotent=True)[0]
         if value is None:

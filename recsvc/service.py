@@ -178,8 +178,23 @@ class RecordingService:
                         recording.call_sid, recording.path)
 
     def _play_with_effects(self, business_id: int, call_sid: str) -> PlayResult:
-        queued = False
         committed: list[Callable[[], None]] = []  # log lines and metrics, told once the commit made them true
+        counted: list[str] = []  # the key of a retry counted outside the database, if any
+        try:
+            return self._apply_play(business_id, call_sid, committed, counted)
+        except StoreError:
+            # CONTRACT 3, storage faults change nothing: a count the rolled-back transaction
+            # cannot take back with it is taken back here (sqlite:// counts inside it).
+            decr = getattr(self.counter, "decr", None)
+            for key in counted:
+                if decr is not None:
+                    with contextlib.suppress(CounterError):
+                        decr(key)
+            raise
+
+    def _apply_play(self, business_id: int, call_sid: str, committed: list[Callable[[], None]],
+                    counted: list[str]) -> PlayResult:
+        queued = False
         with self.store.writing() as tx:
             now = self.clock()
             facts, recording, handle = self._facts(tx, business_id, call_sid)
@@ -209,7 +224,7 @@ class RecordingService:
                     queued = True
                     result = PlayResult(outcome, job=job, attempt=0)
                 else:
-                    result = self._retry(tx, call, outcome, now, committed)     # rows 10b / 10c
+                    result = self._retry(tx, call, outcome, now, committed, counted)  # rows 10b / 10c
                     queued = isinstance(result.outcome, (RetryAllowed, StorageRetry))
         for note in committed:
             note()
@@ -254,7 +269,7 @@ class RecordingService:
                 log.info("retry counter answers again")
 
     def _retry(self, tx: Tx, call: Call, outcome: RetryNeeded, now: float,
-               committed: list[Callable[[], None]]) -> PlayResult:
+               committed: list[Callable[[], None]], counted: list[str]) -> PlayResult:
         if not outcome.counts:  # CONTRACT 4: storage_error is the host's fault; the counter is not touched
             job = self._insert_job(tx, call, outcome.last_job.attempt, now)
             committed.append(lambda: log.warning("call_sid=%s job=%d replaces job=%d, failed storage_error; "
@@ -287,6 +302,7 @@ class RecordingService:
             return PlayResult(verdict, job=outcome.last_job, attempt=verdict.attempts)
         try:
             attempt = max(self.counter.incr_and_expire(key, self.settings.retry_window), floor + 1)
+            counted.append(key)
             self._counter_answered()
         except CounterError as exc:
             self._counter_failed(exc, "allowing the retry")

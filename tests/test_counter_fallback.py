@@ -88,6 +88,18 @@ def test_an_outage_is_counted_in_the_process_logged_twice_and_the_count_survives
     counter.close()
 
 
+@requires_redis
+def test_decr_takes_a_count_back_and_keeps_the_window(redis_server):
+    for counter in (RedisCounter(redis_server.url(db=4)), MemoryCounter(time.time),
+                    FallbackCounter(RedisCounter(redis_server.url(db=5)), MemoryCounter(time.time))):
+        assert counter.incr_and_expire(KEY, 60) == 1
+        assert counter.incr_and_expire(KEY, 60) == 2
+        assert counter.decr(KEY) == 1
+        assert counter.get(KEY) == 1
+        assert 55 <= counter.ttl(KEY) <= 60, f"{counter!r} lost the key's window"
+        counter.close()
+
+
 def test_during_an_outage_the_server_is_asked_at_most_once_per_interval():
     asked = []
 

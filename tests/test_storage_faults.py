@@ -148,7 +148,7 @@ def test_missing_heartbeats_that_could_not_be_written_are_a_storage_fault_not_no
 # ---------------------------------------------------------------- log lines and metrics after the commit
 
 
-def test_a_stuck_job_whose_failure_was_not_committed_is_not_logged_or_counted(make_harness, upstream, monkeypatch,
+def test_a_stuck_job_and_a_retry_that_were_not_committed_are_not_logged_or_counted(make_harness, upstream, monkeypatch,
                                                                                caplog):
     h = make_harness(workers=0, job_timeout=5)
     with h.app.store.writing() as tx:  # a live worker elsewhere that never claims
@@ -170,6 +170,8 @@ def test_a_stuck_job_whose_failure_was_not_committed_is_not_logged_or_counted(ma
     assert not [r for r in caplog.records if "[STUCK]" in r.getMessage() or "[FAIL_FAST]" in r.getMessage()]
     assert 'recsvc_stuck_jobs_total{reason="queued"} 0' in h.request("GET", "/metrics").body.decode()
     assert "recsvc_retries_total 0" in h.request("GET", "/metrics").body.decode()
+    counter = h.admin("GET", "/admin/retry-counters/1/CA-NOCOMMIT").json
+    assert counter["attempts"] == 0, "the retry that did not commit was still counted"
 
     monkeypatch.undo()
     with caplog.at_level(logging.WARNING):
@@ -177,6 +179,7 @@ def test_a_stuck_job_whose_failure_was_not_committed_is_not_logged_or_counted(ma
     assert [r.getMessage() for r in caplog.records if "[STUCK]" in r.getMessage()] == [
         f"[STUCK] job={job['id']} call_sid=CA-NOCOMMIT reason=queued 6s without worker pickup"]
     assert 'recsvc_stuck_jobs_total{reason="queued"} 1' in h.request("GET", "/metrics").body.decode()
+    assert h.admin("GET", "/admin/retry-counters/1/CA-NOCOMMIT").json["attempts"] == 1
 
 
 def test_download_threads_that_cannot_claim_back_off_and_log_one_line_per_outage(tmp_path, upstream, monkeypatch,
