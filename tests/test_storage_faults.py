@@ -211,3 +211,41 @@ def test_download_threads_that_cannot_claim_back_off_and_log_one_line_per_outage
         assert len([m for m in worker_lines if "heartbeat: storage" in m]) <= 2
     finally:
         app.stop(grace=0.5)
+
+
+# ---------------------------------------------------------------- which SQLite errors are storage faults
+
+
+def _sqlite_error(tmp_path, fault: str) -> sqlite3.Error:
+    path = tmp_path / "fault.sqlite3"
+    setup = sqlite3.connect(path, isolation_level=None)
+    setup.execute("CREATE TABLE IF NOT EXISTS t (x BLOB)")
+    setup.close()
+    conn = sqlite3.connect(f"file:{path}?mode=ro" if fault == "read-only" else str(path), uri=True,
+                           isolation_level=None, timeout=0.05)
+    holder = None
+    try:
+        if fault == "full":
+            conn.execute("PRAGMA max_page_count = 2")
+        if fault == "locked":
+            holder = sqlite3.connect(path, isolation_level=None)
+            holder.execute("BEGIN EXCLUSIVE")
+        statement = "INSERT INTO nowhere VALUES (1)" if fault == "bug" else "INSERT INTO t VALUES (zeroblob(65536))"
+        conn.execute(statement)
+    except sqlite3.Error as exc:
+        return exc
+    finally:
+        conn.close()
+        if holder is not None:
+            holder.close()
+    raise AssertionError(f"{fault}: no error")
+
+
+@pytest.mark.parametrize("fault, expected", [
+    pytest.param("read-only", StoreUnavailable, id="SQLITE_READONLY-is-storage_unavailable"),
+    pytest.param("full", StoreUnavailable, id="SQLITE_FULL-is-storage_unavailable"),
+    pytest.param("locked", StoreBusy, id="SQLITE_BUSY-is-storage_busy"),
+    pytest.param("bug", type(None), id="a-bug-of-ours-is-not-a-storage-fault"),
+])
+def test_sqlite_errors_are_storage_faults_by_their_result_code(tmp_path, fault, expected):
+    assert isinstance(store_module.storage_fault(_sqlite_error(tmp_path, fault)), expected)
