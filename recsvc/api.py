@@ -213,7 +213,8 @@ class Api:
         if isinstance(exc, StoreBusy):
             code, message = "storage_busy", "The database is busy; try again."
         else:
-            code, message = "storage_unavailable", "Storage is unavailable (disk full, read-only or failing); try again."
+            code = "storage_unavailable"
+            message = "Storage is unavailable (disk full, read-only or failing); try again."
         log.debug("%s %s answered 503 %s: %s", request.method, request.path, code, exc)
         return json_error(503, code, message, (("Retry-After", str(seconds)),), retry_after=seconds)
 

@@ -135,8 +135,9 @@ class App:
     def _pool_gauges(self) -> dict:
         pool = self.pool
         return {
-            "recsvc_abandoned_downloads": ("Download threads still busy on jobs that are no longer theirs (CONTRACT 4).",
-                                           [((), pool.abandoned_downloads())]),
+            "recsvc_abandoned_downloads": (
+                "Download threads still busy on jobs that are no longer theirs (CONTRACT 4).",
+                [((), pool.abandoned_downloads())]),
             "recsvc_busy_downloads": ("Download threads busy on a job now.", [((), pool.busy)]),
         }
 

@@ -186,10 +186,9 @@ class RecordingService:
             # CONTRACT 3, storage faults change nothing: a count the rolled-back transaction
             # cannot take back with it is taken back here (sqlite:// counts inside it).
             decr = getattr(self.counter, "decr", None)
-            for key in counted:
-                if decr is not None:
-                    with contextlib.suppress(CounterError):
-                        decr(key)
+            for key in counted if decr is not None else ():
+                with contextlib.suppress(CounterError):
+                    decr(key)
             raise
 
     def _apply_play(self, business_id: int, call_sid: str, committed: list[Callable[[], None]],

@@ -21,9 +21,10 @@ have published stays, harmless, and is overwritten by the next download.
 
 Abandoning (CONTRACT 4). Each download in flight is held with a ``JobCut``.
 The heartbeat learns, in the statement that refreshes this worker's running
-jobs, which of them are still its own; the downloads of the others (failed stuck, by the sweeper, orphaned, superseded) are cut at
-once: the upstream connection is shut, the temporary file removed, and the
-thread takes the next job. So a thread notices within one heartbeat
+jobs, which of them are still its own; the downloads of the others (failed
+stuck, by the sweeper, orphaned, superseded) are cut at once: the upstream
+connection is shut, the temporary file removed, and the thread takes the
+next job. So a thread notices within one heartbeat
 interval. The cut also carries the job's deadline, ``started_at +
 job-timeout``: a try still running there is cut and the job failed
 ``stuck`` with the running reason. ``abandoned_downloads()`` counts the

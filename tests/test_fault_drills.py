@@ -66,7 +66,8 @@ def gauge(client: Client, name: str) -> float:
 
 
 class GaugeSampler:
-    """Samples a gauge every ``step`` seconds in a thread; ``longest_positive()`` is the longest time it stayed above 0."""
+    """Samples a gauge every ``step`` seconds in a thread; ``longest_positive()`` is the longest
+    time it stayed above 0."""
 
     def __init__(self, client: Client, name: str, step: float = 0.05):
         self.client, self.name, self.step = client, name, step
@@ -209,7 +210,8 @@ def test_a_worker_frozen_past_the_heartbeat_window_is_replaced_and_changes_no_ro
     # Awake again: it notices within a heartbeat that its jobs are gone, and changes no row.
     deadline = time.monotonic() + 5
     while not any("is no longer ours" in line for line in frozen.lines):
-        assert time.monotonic() < deadline, "the woken worker never noticed it lost its jobs:\n" + "\n".join(frozen.lines)
+        assert time.monotonic() < deadline, ("the woken worker never noticed it lost its jobs:\n"
+                                             + "\n".join(frozen.lines))
         time.sleep(0.05)
     time.sleep(1.0)
     rows_after = read_db(data, "SELECT id, status, finished_at, error_code, worker_id FROM jobs ORDER BY id")

@@ -57,7 +57,8 @@ def fill(path) -> None:
         os.close(fd)
 
 
-def test_a_full_disk_answers_503_with_retry_after_and_the_calls_play_once_space_is_freed(processes, small_tmpfs, upstream):
+def test_a_full_disk_answers_503_with_retry_after_and_the_calls_play_once_space_is_freed(
+        processes, small_tmpfs, upstream):
     serve = processes.start("serve", small_tmpfs, *SERVE_ARGS, "--workers", "2", "--heartbeat-interval", "0.2",
                         "--job-timeout", "5", "--retry-after", "1")
     client = Client(serve.base_url())
