@@ -136,7 +136,8 @@ def test_hung_upstreams_beside_healthy_ones_at_the_seeds_timings_cost_no_healthy
         assert answer is not None and answer.status == 500, (sid, answer and answer.body)
         assert answer.json["error"] == "worker_not_processing_queue"
         assert answer.json["reason"] == "retry limit reached"
-    print(f"\nabandoned downloads: {len(sampler.samples)} samples, max {max((v for _, v in sampler.samples), default=0):g}, "
+    highest = max((value for _, value in sampler.samples), default=0)
+    print(f"\nabandoned downloads: {len(sampler.samples)} samples, max {highest:g}, "
           f"longest above 0: {sampler.longest_positive():.2f}s (heartbeat {interval}s)")
     assert sampler.samples, "the gauge was never read"
     assert sampler.longest_positive() <= interval + 0.6, (
