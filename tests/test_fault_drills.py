@@ -34,12 +34,16 @@ def play_to_the_end(client: Client, token: str, call_sid: str, deadline: float, 
     return None
 
 
-def play_all(client: Client, token: str, call_sids: list[str], seconds: float = DRILL_SECONDS) -> dict:
-    """Every call played by its own player thread, at once; call_sid -> last answer (or None)."""
-    deadline = time.monotonic() + seconds
+def play_all(client: Client, token: str, call_sids: list[str], seconds: float = DRILL_SECONDS,
+             arrivals: dict[str, float] | None = None) -> dict:
+    """Every call played by its own player thread, at once or ``arrivals[sid]`` seconds later;
+    call_sid -> last answer (or None)."""
+    started = time.monotonic()
+    deadline = started + seconds
     answers: dict = {}
 
     def player(call_sid: str) -> None:
+        time.sleep((arrivals or {}).get(call_sid, 0.0))
         answers[call_sid] = play_to_the_end(client, token, call_sid, deadline)
 
     threads = [threading.Thread(target=player, args=(sid,), daemon=True) for sid in call_sids]
@@ -111,8 +115,8 @@ def test_hung_upstreams_beside_healthy_ones_at_the_seeds_timings_cost_no_healthy
     client = Client(serve.base_url())
     token = client.business()
     wav = sized_wav(30_000)
-    hung = [f"CA-HUNG-{i}" for i in range(8)]
-    healthy = [f"CA-OK-{i}" for i in range(32)]
+    hung = [f"CA-HUNG-{i}" for i in range(12)]
+    healthy = [f"CA-OK-{i}" for i in range(40)]
     put_calls(client, token, upstream, hung, wav, hang=True)
     put_calls(client, token, upstream, healthy, wav)
     superseded = hung[:2]  # given a new, healthy URL while their hung download runs
@@ -124,7 +128,9 @@ def test_hung_upstreams_beside_healthy_ones_at_the_seeds_timings_cost_no_healthy
                 assert upstream.wait_for_hits(f"/{sid}.wav", 1, timeout=5)
             for sid in superseded:
                 client.put_call(token, sid, upstream.set(f"/{sid}-new.wav", body=wav))
-            answers = play_all(client, token, healthy + hung)
+            # Healthy calls keep arriving while the hung ones retry, in four waves 2.5 s apart.
+            arrivals = {sid: 2.5 * (i % 4) for i, sid in enumerate(healthy)}
+            answers = play_all(client, token, healthy + hung, arrivals=arrivals)
             time.sleep(3 * interval)  # let the sampler see the end
     finally:
         upstream.hang_all = False
