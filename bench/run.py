@@ -33,9 +33,11 @@ from datetime import datetime
 
 if __package__ in (None, ""):  # ``python3 bench/run.py``
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.hung_share import run_scenario as hung_upstream_share
     from bench.load import LoadResult, _Client, build_request, have_wrk, percentile, run_load
     from bench.reference import Nginx
 else:
+    from .hung_share import run_scenario as hung_upstream_share
     from .load import LoadResult, _Client, build_request, have_wrk, percentile, run_load
     from .reference import Nginx
 
@@ -51,7 +53,7 @@ MIB = 1 << 20
 
 # Every scenario row, in print order; the smoke test checks they all appear.
 SCENARIOS = ("start_to_healthz", "rss_idle", "file_1m", "file_64k", "range_64k", "head", "poll_202",
-             "thundering_herd", "playback_poll", "playback_wait", "idle_1000", "rss_after")
+             "thundering_herd", "playback_poll", "playback_wait", "idle_1000", "rss_after", "hung_upstream_share")
 
 # recsvc runs with these on top of its defaults; the table's header repeats them.
 SERVICE_FLAGS = ("--workers", "16", "--max-connections", "1200", "--idle-timeout", "60",
@@ -540,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(idle_connections(svc, data, 1000, seconds, use_wrk))
         time.sleep(2.5)  # closed connections linger up to 2 s before their threads end
         rows.append(Row("rss_after", notes=f"VmRSS after every scenario: {svc.rss_notes()[1]}"))
+        rows.append(Row("hung_upstream_share", *hung_upstream_share(Recsvc, ADMIN_TOKEN, workdir, upstream, sized_wav,
+                                                                   args.smoke)))
         rows.extend(refs[name] for name in ("file_1m", "file_64k", "range_64k", "head", "poll_202") if name in refs)
     finally:
         if nginx is not None:

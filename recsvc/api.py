@@ -10,6 +10,7 @@ into a JSON 500 with one log line, never a traceback to the client.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hmac
 import json
@@ -25,7 +26,7 @@ from .clock import Clock, iso_utc, wait_seconds
 from .counter import CounterError
 from .decision import (
     CallNotFound, FirstJob, NoLiveWorker, NoRecordingUrl, Processing, RecordingNotFoundUpstream, RetryAllowed,
-    RetryRefused, ServeFile, WORKER_NOT_PROCESSING_QUEUE,
+    RetryRefused, ServeFile, StorageRetry, WORKER_NOT_PROCESSING_QUEUE,
 )
 from .http_protocol import FileBody, Request, Response, json_error
 from .links import LinkSigner
@@ -36,7 +37,7 @@ from .routes import ROUTES, Matched, MethodNotAllowed, Route, match
 from .static_files import PAGES, StaticFiles
 from .service import PlayResult, RecordingService, retry_after_for, valid_call_sid
 from .settings import Settings
-from .store import StoreBusy
+from .store import StoreBusy, StoreError, StoreUnavailable
 from .twilio import parse_recording_status, validate_signature
 from .upstream import UrlNotAllowed
 from .waiters import JobWaiters
@@ -63,6 +64,10 @@ UNAUTHORIZED = ApiError(401, "unauthorized", "Missing or invalid credentials.",
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with separators builds one per call
+
+
+# Errors of the disk, not of recsvc: answered 503 storage_unavailable (CONTRACT 3).
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
 
 
 def json_response(status: int, payload: dict, headers: tuple = ()) -> Response:
@@ -187,8 +192,8 @@ class Api:
             response = handler(request, **found.params)
         except ApiError as exc:
             response = exc.response()
-        except StoreBusy:
-            response = json_error(503, "storage_busy", "The database is busy; try again.", (("Retry-After", "1"),))
+        except (StoreError, OSError) as exc:
+            response = self._storage_fault(exc, request)
         except CounterError:  # only the admin view reads the counter without failing open
             response = json_error(503, "counter_unavailable", "The retry counter is unavailable; try again.",
                                   (("Retry-After", "1"),))
@@ -197,6 +202,21 @@ class Api:
             response = json_error(500, "internal_error", "Internal server error.")
         self.metrics.observe_request(route_name, request.method, response.status, time.perf_counter() - started)
         return response
+
+    def _storage_fault(self, exc: Exception, request: Request) -> Response:
+        """CONTRACT 3, storage faults: 503 with Retry-After, never 500; the transaction changed nothing.
+        An OSError that is not a fault of the disk is a bug of ours: 500 with its traceback."""
+        if isinstance(exc, OSError) and exc.errno not in STORAGE_ERRNOS:
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            return json_error(500, "internal_error", "Internal server error.")
+        seconds = wait_seconds(self.settings.retry_after)
+        if isinstance(exc, StoreBusy):
+            code, message = "storage_busy", "The database is busy; try again."
+        else:
+            code = "storage_unavailable"
+            message = "Storage is unavailable (disk full, read-only or failing); try again."
+        log.debug("%s %s answered 503 %s: %s", request.method, request.path, code, exc)
+        return json_error(503, code, message, (("Retry-After", str(seconds)),), retry_after=seconds)
 
     # ------------------------------------------------------------ credentials
 
@@ -285,6 +305,8 @@ class Api:
             seconds = wait_seconds(s.liveness_window)
             raise ApiError(500, WORKER_NOT_PROCESSING_QUEUE, "No worker is processing the recording queue.",
                            (("Retry-After", str(seconds)),), reason="no live worker", retry_after=seconds)
+        if isinstance(outcome, StorageRetry):  # the last download could not be stored: the host's fault
+            raise StoreUnavailable("the last download of this call could not be stored")
         if isinstance(outcome, RetryRefused):
             message = ("No worker is processing the recording queue." if outcome.error == WORKER_NOT_PROCESSING_QUEUE
                        else "The recording could not be downloaded.")

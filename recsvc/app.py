@@ -30,7 +30,7 @@ from .metrics import Metrics
 from .prefork import MetricsExchange
 from .service import RecordingService
 from .settings import Settings
-from .store import Store
+from .store import StorageOutage, Store, StoreError
 from .upstream import Downloader
 from .waiters import JobWaiters
 from .worker import WorkerPool, recover_orphans
@@ -53,7 +53,9 @@ class App:
         self.exchange: MetricsExchange | None = None
         if settings.processes > 1:
             self.exchange = MetricsExchange(settings.data_dir, process_index, settings.processes, self.metrics.families)
-        self.counter = counter if counter is not None else open_counter(settings.counter, clock, store=self.store)
+        self.counter = counter if counter is not None else open_counter(settings.counter, clock, store=self.store,
+                                                                        on_outage=self.metrics.counter_outage)
+        self.metrics.add_gauges(self._counter_gauges)
         self.downloader = downloader if downloader is not None else Downloader(settings)
         self.waiters = JobWaiters(self.store)
         self.cache = RecordingCache(self.store, self.files, settings.cache_max_bytes, clock)
@@ -65,7 +67,8 @@ class App:
         if settings.workers > 0:
             self.pool = WorkerPool(self.store, self.files, self.downloader, threads=settings.workers,
                                    heartbeat_interval=settings.heartbeat_interval, clock=clock,
-                                   metrics=self.metrics, on_job_done=lambda job: self._job_ended(job.id),
+                                   metrics=self.metrics, job_timeout=settings.job_timeout,
+                                   on_job_done=lambda job: self._job_ended(job.id),
                                    on_stored=lambda job: self.cache.evict_over_limit(keep=(job.business_id, job.call_sid)))
         self.service = RecordingService(settings, self.store, self.files, self.counter, clock, self.metrics,
                                         on_job_queued=self._job_queued,
@@ -90,6 +93,7 @@ class App:
                 log.warning("%d orphaned job(s) failed and replaced", replaced)
         if self.pool is not None:
             self.pool.start()
+            self.metrics.add_gauges(self._pool_gauges)
         self.cache.start()
         if http:
             if first:
@@ -121,6 +125,20 @@ class App:
         return {
             "recsvc_http_connections": ("Client connections open now.", [((), http.connections if http else 0)]),
             "recsvc_held_requests": ("Requests held by Prefer: wait now (CONTRACT 5b).", [((), self.waiters.held_count())]),
+        }
+
+    def _counter_gauges(self) -> dict:
+        in_fallback = getattr(self.counter, "in_fallback", False)  # only a shared counter has a fallback
+        return {"recsvc_counter_fallback": ("1 while the shared retry counter is unreachable and this process "
+                                            "counts retries alone (CONTRACT 3).", [((), int(in_fallback))])}
+
+    def _pool_gauges(self) -> dict:
+        pool = self.pool
+        return {
+            "recsvc_abandoned_downloads": (
+                "Download threads still busy on jobs that are no longer theirs (CONTRACT 4).",
+                [((), pool.abandoned_downloads())]),
+            "recsvc_busy_downloads": ("Download threads busy on a job now.", [((), pool.busy)]),
         }
 
     def _spawn(self, name: str, target) -> None:
@@ -161,8 +179,12 @@ class App:
     # ---- the sweeper (CONTRACT 4)
 
     def _sweep_loop(self) -> None:
+        outage = StorageOutage("the sweeper", log)
         while not self._stopping.wait(self.settings.sweep_interval):
             try:
                 self.service.cleanup()
+                outage.worked()
+            except StoreError as exc:
+                outage.failed(exc)
             except Exception:
                 log.exception("sweeper pass failed")

@@ -27,7 +27,7 @@ import threading
 
 from .clock import Clock
 from .files import RecordingFiles
-from .store import Store
+from .store import StorageOutage, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class RecordingCache:
         self._evict_lock = threading.Lock()  # one eviction pass at a time in this process
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._outage = StorageOutage("flushing play times", log)
 
     def played(self, business_id: int, call_sid: str) -> None:
         with self._plays_lock:
@@ -54,8 +55,14 @@ class RecordingCache:
         with self._plays_lock:
             plays, self._plays = self._plays, {}
         if plays:
-            with self.store.writing() as tx:
-                tx.note_plays([(at, bid, sid) for (bid, sid), at in plays.items()])
+            try:
+                with self.store.writing() as tx:
+                    tx.note_plays([(at, bid, sid) for (bid, sid), at in plays.items()])
+            except StoreError:  # kept for the next flush: a storage fault loses no play
+                with self._plays_lock:
+                    for key, at in plays.items():
+                        self._plays[key] = max(at, self._plays.get(key, at))
+                raise
         return len(plays)
 
     def evict_over_limit(self, keep: tuple[int, str] | None = None) -> int:
@@ -97,5 +104,8 @@ class RecordingCache:
         while not self._stopping.wait(self.flush_interval):
             try:
                 self.flush()
+                self._outage.worked()
+            except StoreError as exc:
+                self._outage.failed(exc)
             except Exception:
                 log.exception("flushing play times failed")

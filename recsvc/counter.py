@@ -16,6 +16,11 @@ class runs against all three:
 - ``ttl(key)``: seconds left as Redis reports them: -2 absent, -1 no expiry.
 - ``delete(key)``: 1 when a key was removed, else 0.
 
+Counters outside the service's database (memory://, redis://) also have
+``decr(key)``: a retry counted in a transaction that did not commit (a
+storage fault) is taken back. ``sqlite://`` needs none: its count is part of
+that transaction and rolls back with it.
+
 Fractions of a second are allowed for ``seconds`` (the contract's durations
 accept them); Redis receives them as milliseconds (PEXPIRE).
 """
@@ -31,7 +36,8 @@ if TYPE_CHECKING:
 
 
 class CounterError(Exception):
-    """The counter backend could not answer; callers fail open (CONTRACT 3)."""
+    """The counter backend could not answer: a FallbackCounter counts in the process meanwhile
+    (redis://); for sqlite://, whose faults are the database's own, the caller fails open."""
 
 
 class RetryCounter(Protocol):
@@ -131,6 +137,15 @@ class MemoryCounter:
             self._wrote(now)
             return value
 
+    def decr(self, key: str) -> int:
+        """Redis DECR: take one back (a retry whose transaction did not commit); the key keeps its TTL."""
+        with self._values_lock:
+            now = self._clock()
+            entry = self._live(key, now)
+            value, expires_at = entry if entry else (0, None)
+            self._values[key] = (value - 1, expires_at)
+            return value - 1
+
     def get(self, key: str) -> int | None:
         with self._values_lock:
             entry = self._live(key, self._clock())
@@ -153,20 +168,25 @@ class MemoryCounter:
         pass
 
 
-def open_counter(url: str, clock: Callable[[], float] = time.time, *, store: "Store | None" = None) -> RetryCounter:
+def open_counter(url: str, clock: Callable[[], float] = time.time, *, store: "Store | None" = None,
+                 on_outage: Callable[[], None] = lambda: None) -> RetryCounter:
     """Build the counter named by ``--counter`` (validated by settings).
 
-    ``redis://[:password@]host:port/db`` gives a RedisCounter; it connects on
-    first use, and keeps time by the server's clock, not ``clock``. A bad
+    ``redis://[:password@]host:port/db`` gives a RedisCounter behind a
+    FallbackCounter (CONTRACT 3: the limit holds while Redis is unreachable;
+    ``on_outage`` is told when an outage starts); it connects on first use,
+    and keeps time by the server's clock, not ``clock``. A bad
     redis:// URL raises ValueError saying what is wrong. ``sqlite://`` gives a
     SqliteCounter in ``store``'s database, the one the service itself uses.
     """
     if url == "memory://":
         return MemoryCounter(clock)
     if url.startswith("redis://"):
-        from recsvc.redis_counter import RedisCounter  # imported here: it imports CounterError from this module
+        # imported here: they import this module
+        from recsvc.fallback_counter import FallbackCounter
+        from recsvc.redis_counter import RedisCounter
 
-        return RedisCounter(url)
+        return FallbackCounter(RedisCounter(url), MemoryCounter(clock), on_outage=on_outage)
     if url == "sqlite://":
         if store is None:
             raise ValueError("sqlite:// keeps the counter in the service's database: pass its store")

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import ACTIVE_STATUSES, COMPLETED, FAILED, QUEUED, RUNNING, STUCK, UPSTREAM_NOT_FOUND, Call, Job
+from .model import (ACTIVE_STATUSES, COMPLETED, FAILED, QUEUED, RUNNING, STORAGE_ERROR, STUCK, UPSTREAM_NOT_FOUND,
+                    Call, Job)
 from .settings import Settings
 
 # ---------------------------------------------------------------- section 4
@@ -49,7 +50,7 @@ def stuck_reason(job: Job, now: float, settings: Settings) -> str | None:
     if job.status != RUNNING:
         return None
     if job.started_at is not None and now - job.started_at > settings.job_timeout:
-        return f"running {whole_seconds(now - job.started_at)}s without completion"
+        return running_too_long(now - job.started_at)
     if job.started_at is None:
         return "marked running but no started_at"
     interval = job.worker_heartbeat_interval or settings.heartbeat_interval
@@ -57,6 +58,11 @@ def stuck_reason(job: Job, now: float, settings: Settings) -> str | None:
     if now - beat > 3 * interval:
         return f"worker heartbeat lost {whole_seconds(now - beat)}s ago"
     return None
+
+
+def running_too_long(seconds: float) -> str:
+    """The reason text of the second stuck rule, also given by a worker that cut a try at the job's deadline."""
+    return f"running {whole_seconds(seconds)}s without completion"
 
 
 # The labels stuck_kind returns, so /metrics can show each at 0 before it first happens.
@@ -139,6 +145,12 @@ class RetryNeeded:                  # rows 10b / 10c, settled by decide_retry
     last_failure: str | None        # error_code of the last failure, None when its file is gone
     stuck: tuple[Job, str] | None = None
 
+    @property
+    def counts(self) -> bool:
+        """Whether this retry counts against the limit: a job failed ``storage_error`` is replaced
+        without touching the counter, the fault being the host's, not the call's (CONTRACT 4)."""
+        return self.last_failure != STORAGE_ERROR
+
 
 PlayOutcome = (Unauthorized | InvalidCallSid | CallNotFound | ServeFile | NoRecordingUrl
                | RecordingNotFoundUpstream | NoLiveWorker | Processing | FirstJob | RetryNeeded)
@@ -180,6 +192,12 @@ def decide_play(facts: PlayFacts, now: float, settings: Settings) -> PlayOutcome
 @dataclass(frozen=True)
 class RetryAllowed:                 # row 10b
     pass
+
+
+@dataclass(frozen=True)
+class StorageRetry:                 # row 10b after a storage_error (CONTRACT 3, storage faults; 4)
+    """The last job failed ``storage_error``: a replacement is queued without touching the counter,
+    and the answer is 503 ``storage_unavailable`` — the fault is the host's, and may still be on."""
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,8 @@ class Metrics:
         self._jobs_finished: dict[tuple, int] = defaultdict(int)
         self._job_seconds = _Histogram(DURATION_BUCKETS)
         self._retries = 0
+        self._abandoned = 0
+        self._counter_outages = 0
         self._gauge_sources: list[Callable[[], Gauges]] = [process_gauges]
 
     def add_gauges(self, source: Callable[[], Gauges]) -> None:
@@ -100,6 +102,14 @@ class Metrics:
     def retry(self) -> None:
         with self._lock:
             self._retries += 1
+
+    def counter_outage(self) -> None:
+        with self._lock:
+            self._counter_outages += 1
+
+    def download_abandoned(self) -> None:
+        with self._lock:
+            self._abandoned += 1
 
     def stuck_job(self, kind: str) -> None:
         with self._lock:
@@ -142,6 +152,12 @@ class Metrics:
             lines = family("recsvc_stuck_jobs_total", "counter", "Active jobs marked failed as stuck, by rule.")
             for kind, value in sorted(self._stuck.items()):
                 lines.append(f"recsvc_stuck_jobs_total{_labels(mine + (('reason', kind),))} {value}")
+            lines = family("recsvc_counter_outages_total", "counter",
+                           "Outages of the shared retry counter, each counted in the process meanwhile.")
+            lines.append(f"recsvc_counter_outages_total{_labels(mine)} {self._counter_outages}")
+            lines = family("recsvc_downloads_abandoned_total", "counter",
+                           "Downloads cut because their job was no longer this worker's (CONTRACT 4).")
+            lines.append(f"recsvc_downloads_abandoned_total{_labels(mine)} {self._abandoned}")
             lines = family("recsvc_jobs_finished_total", "counter", "Jobs this process's workers finished, by status and error code.")
             for key, value in sorted(self._jobs_finished.items()):
                 lines.append(f"recsvc_jobs_finished_total{_labels(mine + key)} {value}")

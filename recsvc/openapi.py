@@ -48,7 +48,9 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "request_timeout": (408, "The request head did not arrive within the idle timeout (2, --idle-timeout)."),
     "http_version_not_supported": (505, "Only HTTP/1.0 and HTTP/1.1 are spoken."),
     "too_many_connections": (503, "Past --max-connections; the connection is closed (2)."),
-    "storage_busy": (503, "The database stayed locked; ask again after Retry-After."),
+    "storage_busy": (503, "The database stayed locked; ask again after Retry-After (3, storage faults)."),
+    "storage_unavailable": (503, "Disk full, I/O error or read-only storage; nothing changed; ask again after "
+                                 "Retry-After (3, storage faults)."),
     "counter_unavailable": (503, "The retry counter backend did not answer (GET /admin/retry-counters)."),
     "invalid_signature": (403, "A Twilio webhook without a valid X-Twilio-Signature of a registered account."),
     "business_not_found": (404, "No business with that id."),
@@ -59,7 +61,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 TRANSPORT_CODES = ("not_found", "method_not_allowed", "not_implemented", "bad_request", "unsupported_transfer_encoding",
                    "bad_content_length", "length_required", "body_too_large", "uri_too_long", "header_too_large",
                    "request_timeout", "http_version_not_supported", "too_many_connections", "storage_busy",
-                   "internal_error")
+                   "storage_unavailable", "internal_error")
 
 
 def route_template(route: Route) -> str:

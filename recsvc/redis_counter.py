@@ -23,14 +23,13 @@ the same server. ``RedisCounter`` speaks the counter vocabulary of
   so the sliding window (CONTRACT 3) is set atomically with the count.
 
 Every failure (refused, timeout, protocol error, error reply) raises
-``CounterError``; the caller fails open (CONTRACT 3). One warning is logged
-when the counter starts failing and one INFO line when it answers again, not
-one line per call.
+``CounterError`` and logs nothing: ``recsvc.fallback_counter`` wraps this
+counter, counts in the process during an outage (CONTRACT 3) and logs the
+outage once when it starts and once when it ends.
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -38,8 +37,6 @@ from typing import BinaryIO, Union
 from urllib.parse import unquote, urlsplit
 
 from recsvc.counter import CounterError
-
-log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 6379
 DEFAULT_TIMEOUT = 0.5
@@ -264,8 +261,6 @@ class RedisCounter:
         self._idle_lock = threading.Lock()  # guards _idle and _closed
         self._idle: list[RedisConnection] = []
         self._closed = False
-        self._health_lock = threading.Lock()  # guards _failing
-        self._failing = False
 
     def __repr__(self) -> str:
         return f"RedisCounter({str(self.address)!r})"
@@ -289,6 +284,9 @@ class RedisCounter:
             raise self._unexpected(executed)
         return self._integer(executed[0])
 
+    def decr(self, key: str) -> int:
+        return self._integer(self._run([("DECR", key)], idempotent=False)[0])
+
     def get(self, key: str) -> int | None:
         value = self._run([("GET", key)], idempotent=True)[0]
         if value is None:
@@ -311,18 +309,13 @@ class RedisCounter:
         for connection in idle:
             connection.close()
 
-    # -- one round trip, its retry, and the outage log --
+    # -- one round trip and its retry --
 
     def _run(self, commands: list[tuple], *, idempotent: bool) -> list[Reply]:
-        try:
-            replies = self._round_trip(commands, idempotent)
-            errors = [r for r in _flatten(replies) if isinstance(r, RedisReplyError)]
-            if errors:
-                raise CounterError(f"{self.address} answered: {errors[0]}")
-        except CounterError as exc:
-            self._failed(exc)
-            raise
-        self._answered()
+        replies = self._round_trip(commands, idempotent)
+        errors = [r for r in _flatten(replies) if isinstance(r, RedisReplyError)]
+        if errors:
+            raise CounterError(f"{self.address} answered: {errors[0]}")
         return replies
 
     def _round_trip(self, commands: list[tuple], idempotent: bool) -> list[Reply]:
@@ -372,18 +365,6 @@ class RedisCounter:
                 return
         connection.close()
 
-    def _failed(self, exc: CounterError) -> None:
-        with self._health_lock:
-            first, self._failing = not self._failing, True
-        if first:
-            log.warning("retry counter failing, callers fail open until it answers: %s", exc)
-
-    def _answered(self) -> None:
-        with self._health_lock:
-            recovered, self._failing = self._failing, False
-        if recovered:
-            log.info("counter reachable again at %s", self.address)
-
     def _integer(self, reply: Reply) -> int:
         if not isinstance(reply, int):
             raise self._unexpected(reply)
@@ -391,9 +372,7 @@ class RedisCounter:
 
     def _unexpected(self, reply: Reply) -> CounterError:
         """A well-formed reply that no counter command gives (someone else's key, say)."""
-        exc = CounterError(f"{self.address} answered {reply!r} where a counter was expected")
-        self._failed(exc)
-        return exc
+        return CounterError(f"{self.address} answered {reply!r} where a counter was expected")
 
 
 def _millis(seconds: float) -> int:

@@ -10,14 +10,19 @@ there, so fifty simultaneous requests create one job and one INCR
 (CONTRACT 8.1), across threads and processes alike.
 
 The retry counter is consulted only when a retry is on the table, inside
-that same transaction: GET decides 10b or 10c, then INCR + EXPIRE. A counter
-that raises is logged and the retry allowed (fail open).
+that same transaction: GET decides 10b or 10c, then INCR + EXPIRE. A shared
+counter that is unreachable counts in the process meanwhile
+(``recsvc.fallback_counter``), and the jobs table lends it the retries other
+processes made; a counter without a fallback that raises (sqlite://) is
+logged and the retry allowed (fail open).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import re
 import secrets
 import threading
@@ -28,14 +33,14 @@ from .clock import Clock, iso_utc, wait_seconds
 from .counter import CounterError, RetryCounter, retry_key
 from .decision import (
     CallNotFound, FirstJob, NoLiveWorker, NoRecordingUrl, PlayFacts, PlayOutcome, Processing,
-    RecordingNotFoundUpstream, RetryAllowed, RetryNeeded, RetryRefused, ServeFile,
+    RecordingNotFoundUpstream, RetryAllowed, RetryNeeded, RetryRefused, ServeFile, StorageRetry,
     decide_play, decide_retry, stuck_kind, stuck_reason,
 )
-from .files import RecordingFiles
+from .files import HOSTNAME, TEMP_SUFFIX, RecordingFiles
 from .metrics import Metrics
 from .model import STUCK, SUPERSEDED, TWILIO_CREDENTIALS, Call, Job, Recording, TwilioAccount
 from .settings import Settings
-from .store import Store, Tx
+from .store import Store, StoreBusy, StoreError, Tx
 from .twilio import RecordingStatus, media_url
 from .upstream import check_recording_url
 
@@ -61,7 +66,7 @@ def new_token() -> str:
 @dataclass(frozen=True)
 class PlayResult:
     """What the HTTP layer renders for a play request."""
-    outcome: PlayOutcome | RetryAllowed | RetryRefused
+    outcome: PlayOutcome | RetryAllowed | RetryRefused | StorageRetry
     job: Job | None = None              # the job the 202 is about
     attempt: int = 0
     recording: Recording | None = None  # with ``file`` open, for row 4
@@ -70,8 +75,7 @@ class PlayResult:
     @property
     def needs_effects(self) -> bool:
         """An outcome of ``play(effects=False)`` that must be applied (rows 7, 8, 10)."""
-        return isinstance(self.outcome, (FirstJob, RetryNeeded)) or (
-            isinstance(self.outcome, NoLiveWorker) and self.outcome.create_job)
+        return isinstance(self.outcome, (FirstJob, RetryNeeded, NoLiveWorker))
 
 
 class RecordingService:
@@ -152,9 +156,18 @@ class RecordingService:
             return PlayResult(outcome, recording=recording, file=handle)
         if isinstance(outcome, Processing):
             return PlayResult(outcome, job=outcome.job, attempt=outcome.job.attempt)
-        if not effects or (isinstance(outcome, NoLiveWorker) and not outcome.create_job):
+        if isinstance(outcome, NoLiveWorker):
+            self._check_heartbeats_writable()
+        if not effects:
             return PlayResult(outcome)
         return self._play_with_effects(business_id, call_sid)
+
+    def _check_heartbeats_writable(self) -> None:
+        """Row 7 is judged only while heartbeats can be written (CONTRACT 3, storage faults): a
+        storage fault seen within the liveness window explains the missing beats better."""
+        fault = self.store.fault_within(self.settings.liveness_window)
+        if fault is not None:
+            raise type(fault)(f"worker heartbeats could not be written: {fault}")
 
     def _drop_vanished(self, recording: Recording) -> None:
         """A cached file that vanished or changed size is not cached: drop its row (CONTRACT 3)."""
@@ -165,6 +178,21 @@ class RecordingService:
                         recording.call_sid, recording.path)
 
     def _play_with_effects(self, business_id: int, call_sid: str) -> PlayResult:
+        committed: list[Callable[[], None]] = []  # log lines and metrics, told once the commit made them true
+        counted: list[str] = []  # the key of a retry counted outside the database, if any
+        try:
+            return self._apply_play(business_id, call_sid, committed, counted)
+        except StoreError:
+            # CONTRACT 3, storage faults change nothing: a count the rolled-back transaction
+            # cannot take back with it is taken back here (sqlite:// counts inside it).
+            decr = getattr(self.counter, "decr", None)
+            for key in counted if decr is not None else ():
+                with contextlib.suppress(CounterError):
+                    decr(key)
+            raise
+
+    def _apply_play(self, business_id: int, call_sid: str, committed: list[Callable[[], None]],
+                    counted: list[str]) -> PlayResult:
         queued = False
         with self.store.writing() as tx:
             now = self.clock()
@@ -183,18 +211,22 @@ class RecordingService:
                     previous = facts.latest_job
                     job = self._insert_job(tx, call, previous.attempt if previous else 0, now)
                     queued = True
+                else:
+                    tx.probe_write()  # row 7 is judged only while this process can write (CONTRACT 3)
                 result = PlayResult(outcome, job=job, attempt=job.attempt if job else 0)
             else:
                 stuck = outcome.stuck
                 if stuck is not None:                                           # row 8
-                    self._mark_stuck(tx, stuck[0], stuck[1], now)
+                    self._mark_stuck(tx, stuck[0], stuck[1], now, committed)
                 if isinstance(outcome, FirstJob):                               # row 10a
                     job = self._insert_job(tx, call, 0, now)
                     queued = True
                     result = PlayResult(outcome, job=job, attempt=0)
                 else:
-                    result = self._retry(tx, call, outcome, now)                # rows 10b / 10c
-                    queued = isinstance(result.outcome, RetryAllowed)
+                    result = self._retry(tx, call, outcome, now, committed, counted)  # rows 10b / 10c
+                    queued = isinstance(result.outcome, (RetryAllowed, StorageRetry))
+        for note in committed:
+            note()
         if queued:
             self.on_job_queued()
         stuck = getattr(outcome, "stuck", None)
@@ -206,15 +238,20 @@ class RecordingService:
         job_id = tx.insert_job(call.business_id, call.call_sid, call.recording_url, attempt, now)
         return tx.get_job(job_id)
 
-    def _mark_stuck(self, tx: Tx, job: Job, reason: str, now: float) -> bool:
+    def _mark_stuck(self, tx: Tx, job: Job, reason: str, now: float, committed: list[Callable[[], None]]) -> bool:
+        """Fail a stuck job; its [STUCK] line and metric wait in ``committed`` for the commit (CONTRACT 3)."""
         if not tx.fail_job(job.id, job.status, STUCK, reason, now):
             return False
-        self.metrics.stuck_job(stuck_kind(reason))
-        log.warning("[STUCK] job=%d call_sid=%s reason=%s", job.id, job.call_sid, reason)
+
+        def note() -> None:
+            self.metrics.stuck_job(stuck_kind(reason))
+            log.warning("[STUCK] job=%d call_sid=%s reason=%s", job.id, job.call_sid, reason)
+        committed.append(note)
         return True
 
     def _counter_failed(self, exc: Exception, consequence: str) -> None:
-        """Fail open (CONTRACT 3) with one warning per outage, not one per request."""
+        """A counter without a fallback (sqlite://, whose faults are the database's) fails open,
+        with one warning per outage, not one per request."""
         with self._counter_state_lock:
             first = not self._counter_failing
             self._counter_failing = True
@@ -230,36 +267,65 @@ class RecordingService:
             if recovered:
                 log.info("retry counter answers again")
 
-    def _retry(self, tx: Tx, call: Call, outcome: RetryNeeded, now: float) -> PlayResult:
+    def _retry(self, tx: Tx, call: Call, outcome: RetryNeeded, now: float,
+               committed: list[Callable[[], None]], counted: list[str]) -> PlayResult:
+        if not outcome.counts:  # CONTRACT 4: storage_error is the host's fault; the counter is not touched
+            job = self._insert_job(tx, call, outcome.last_job.attempt, now)
+            committed.append(lambda: log.warning("call_sid=%s job=%d replaces job=%d, failed storage_error; "
+                                                 "not counted as a retry", call.call_sid, job.id,
+                                                 outcome.last_job.id))
+            return PlayResult(StorageRetry(), job=job, attempt=job.attempt)
         key = retry_key(call.business_id, call.call_sid)
+        floor = 0
         try:
             attempts = self.counter.get(key) or 0
-            ttl = self.counter.ttl(key) if attempts >= self.settings.max_retry_attempts else None
+            if getattr(self.counter, "in_fallback", False):
+                floor = self._attempts_on_record(outcome.last_job, now)
+            ttl = None
+            if max(attempts, floor) >= self.settings.max_retry_attempts:
+                ttl = self.counter.ttl(key) if attempts >= floor else self._window_left(outcome.last_job, now)
+            attempts = max(attempts, floor)
             self._counter_answered()
         except CounterError as exc:
             self._counter_failed(exc, "allowing the retry")
             attempts, ttl = None, None
         verdict = decide_retry(attempts, ttl, outcome.last_failure, self.settings)
         if isinstance(verdict, RetryRefused):
-            self.metrics.fail_fast_trip(verdict.error)
-            if outcome.last_failure == STUCK:
-                log.warning("[FAIL_FAST] Worker not processing queue after %d attempts call_sid=%s",
-                            verdict.attempts, call.call_sid)
-            else:
-                log.warning("[FAIL_FAST] Recording download failed after %d attempts call_sid=%s",
-                            verdict.attempts, call.call_sid)
+            what = ("Worker not processing queue" if outcome.last_failure == STUCK
+                    else "Recording download failed")
+
+            def refused() -> None:
+                self.metrics.fail_fast_trip(verdict.error)
+                log.warning("[FAIL_FAST] %s after %d attempts call_sid=%s", what, verdict.attempts, call.call_sid)
+            committed.append(refused)
             return PlayResult(verdict, job=outcome.last_job, attempt=verdict.attempts)
         try:
-            attempt = self.counter.incr_and_expire(key, self.settings.retry_window)
+            attempt = max(self.counter.incr_and_expire(key, self.settings.retry_window), floor + 1)
+            counted.append(key)
             self._counter_answered()
         except CounterError as exc:
             self._counter_failed(exc, "allowing the retry")
             attempt = outcome.last_job.attempt + 1
         job = self._insert_job(tx, call, attempt, now)
-        self.metrics.retry()
-        log.warning("[FAIL_FAST] Retry attempt %d/%d for call_sid=%s", attempt,
-                    self.settings.max_retry_attempts, call.call_sid)
+
+        def note() -> None:
+            self.metrics.retry()
+            log.warning("[FAIL_FAST] Retry attempt %d/%d for call_sid=%s", attempt,
+                        self.settings.max_retry_attempts, call.call_sid)
+        committed.append(note)
         return PlayResult(verdict, job=job, attempt=attempt)
+
+    def _attempts_on_record(self, last_job: Job, now: float) -> int:
+        """The call's retry count as its jobs record it, while the window of its last retry lasts.
+
+        Used while a shared counter is unreachable (CONTRACT 3): this process's own count does
+        not know the retries other processes made, but the jobs table, which all of them share,
+        does: a retry job's attempt is the count after its INCR.
+        """
+        return last_job.attempt if self._window_left(last_job, now) > 0 else 0
+
+    def _window_left(self, last_job: Job, now: float) -> float:
+        return last_job.created_at + self.settings.retry_window - now
 
     # ------------------------------------------------------------ calls (CONTRACT 6)
 
@@ -364,8 +430,11 @@ class RecordingService:
         stuck = [(job, reason) for job in candidates if (reason := stuck_reason(job, now, self.settings))]
         if not stuck:
             return 0
+        committed: list[Callable[[], None]] = []
         with self.store.writing() as tx:
-            ended = [job.id for job, reason in stuck if self._mark_stuck(tx, job, reason, now)]
+            ended = [job.id for job, reason in stuck if self._mark_stuck(tx, job, reason, now, committed)]
+        for note in committed:
+            note()
         for job_id in ended:
             self.on_job_ended(job_id)
         return len(ended)
@@ -381,11 +450,17 @@ class RecordingService:
     # ------------------------------------------------------------ health
 
     def readiness(self) -> str | None:
-        """None when ready, else the reason (CONTRACT 6, /readyz)."""
+        """None when ready, else the reason (CONTRACT 6, /readyz); a storage fault is named."""
         try:
+            self.store.probe_write()
+            self._probe_recordings_folder()
             with self.store.reading() as tx:
                 live = tx.live_worker(self.clock())
                 paused = tx.paused()
+        except StoreError as exc:
+            return f"storage {'busy' if isinstance(exc, StoreBusy) else 'unavailable'}: {exc}"
+        except OSError as exc:
+            return f"storage unavailable: the recordings folder cannot be written: {exc.strerror or exc}"
         except Exception as exc:  # any database failure means not ready
             return f"database unavailable: {exc}"
         if paused:
@@ -393,6 +468,19 @@ class RecordingService:
         if not live:
             return "no live worker"
         return None
+
+    def _probe_recordings_folder(self) -> None:
+        """Write one page into the recordings folder and remove it; raises OSError when the disk refuses.
+        Named as a temporary file of this process, so a crash in between leaves nothing for long."""
+        path = os.path.join(self.files.root, f".{HOSTNAME}.{os.getpid()}.readyz{TEMP_SUFFIX}")
+        try:
+            with open(path, "wb") as probe:
+                probe.write(bytes(4096))
+                probe.flush()
+                os.fsync(probe.fileno())
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def gauges(self) -> dict:
         with self.store.reading() as tx:

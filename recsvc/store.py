@@ -231,7 +231,13 @@ SQL = {
     "upsert_worker": "INSERT INTO workers (id, host, pid, threads, heartbeat_interval, started_at, heartbeat_at) "
                      "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
     "beat_worker": "UPDATE workers SET heartbeat_at = ? WHERE id = ?",
-    "beat_running_jobs": "UPDATE jobs SET heartbeat_at = ? WHERE worker_id = ? AND status = 'running'",
+    # The ids that come back are the jobs still the worker's (CONTRACT 4: it abandons the others).
+    "beat_running_jobs": "UPDATE jobs SET heartbeat_at = ? WHERE worker_id = ? AND status = 'running' RETURNING id",
+    # Which of these jobs (a worker's downloads in flight) are no longer that worker's (CONTRACT 4).
+    "lost_jobs": "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?1)) "
+                 "AND NOT (status = 'running' AND worker_id = ?2)",
+    # A write that changes nothing: can this process write at all? (CONTRACT 3, row 7)
+    "probe_write": "UPDATE control SET workers_paused = workers_paused WHERE id = 1",
     "delete_worker": "DELETE FROM workers WHERE id = ?",
     "all_workers": "SELECT id, host, pid, threads, heartbeat_interval, started_at, heartbeat_at FROM workers",
     "live_worker": "SELECT 1 FROM workers WHERE heartbeat_at > ? - 3 * heartbeat_interval "
@@ -284,7 +290,55 @@ class StoreError(Exception):
 
 
 class StoreBusy(StoreError):
-    """The database stayed locked past every retry."""
+    """The database stayed locked past every retry (CONTRACT 3: 503 ``storage_busy``)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be written or read: disk full, I/O error, read-only, cannot be opened
+    (CONTRACT 3: 503 ``storage_unavailable``)."""
+
+
+# SQLite's primary result codes that are faults of the host, not of recsvc's SQL.
+_BUSY_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED")
+_UNAVAILABLE_CODES = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")
+
+
+def storage_fault(exc: BaseException) -> StoreError | None:
+    """The StoreError a SQLite error stands for, or None when it is not a storage fault (a bug)."""
+    if isinstance(exc, StoreError):
+        return exc
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    if name.startswith(_BUSY_CODES):
+        return StoreBusy(f"the database stayed locked ({exc})")
+    if name.startswith(_UNAVAILABLE_CODES):
+        return StoreUnavailable(f"{exc} ({name})")
+    return None
+
+
+class StorageOutage:
+    """A background writer's storage outage: one log line when it starts and one when it ends, not one per try."""
+
+    def __init__(self, what: str, logger: logging.Logger = log):
+        self.what = what
+        self.log = logger
+        self._lock = threading.Lock()  # guards since
+        self.since: float | None = None  # time.monotonic() of the first failure of this outage
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            first, self.since = self.since is None, self.since or time.monotonic()
+        if first:
+            self.log.warning("%s: storage fault (%s); trying again until it works", self.what, exc)
+
+    def worked(self) -> None:
+        if self.since is None:
+            return
+        with self._lock:
+            since, self.since = self.since, None
+        if since is not None:
+            self.log.warning("%s: storage works again after %.1fs", self.what, time.monotonic() - since)
 
 
 class Tx:
@@ -434,10 +488,18 @@ class Tx:
     def upsert_worker(self, worker_id: str, host: str, pid: int, threads: int, interval: float, now: float) -> None:
         self._run("upsert_worker", worker_id, host, pid, threads, interval, now, now)
 
-    def beat(self, worker_id: str, now: float) -> None:
-        """The per-process heartbeat: the worker row and its running jobs (CONTRACT 4)."""
+    def beat(self, worker_id: str, now: float) -> set[int]:
+        """The per-process heartbeat: the worker row and its running jobs (CONTRACT 4).
+        Returns the ids of the jobs that are still this worker's."""
         self._run("beat_worker", now, worker_id)
-        self._run("beat_running_jobs", now, worker_id)
+        return {row[0] for row in self._all("beat_running_jobs", now, worker_id)}
+
+    def lost_jobs(self, job_ids: list[int], worker_id: str) -> list[int]:
+        """Which of ``job_ids`` are no longer running under ``worker_id``."""
+        return [row[0] for row in self._all("lost_jobs", json.dumps(job_ids), worker_id)]
+
+    def probe_write(self) -> None:
+        self._run("probe_write")
 
     def delete_worker(self, worker_id: str) -> None:
         self._run("delete_worker", worker_id)
@@ -558,11 +620,22 @@ class _Checkout:
         self._pooled = True
 
     def __enter__(self) -> sqlite3.Connection:
-        self._conn, self._pooled = self._pool.take()
+        try:
+            self._conn, self._pooled = self._pool.take()
+        except sqlite3.Error as exc:  # opening a connection
+            self._store._fault(exc)
+            raise
         return self._conn
 
-    def __exit__(self, *exc_info) -> None:
-        self._pool.give(self._conn, self._pooled, self._store._close)
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._pool.give(self._conn, self._pooled, self._store._close)
+        except sqlite3.Error as give_exc:  # a rollback that failed: the block's own error says more
+            if exc is None:
+                self._store._fault(give_exc)
+                raise
+        if exc is not None:
+            self._store._fault(exc)
 
 
 class _Single(_Checkout):
@@ -602,8 +675,30 @@ class Store:
         self._reads = _Pool(self._connect, self.READ_CONNECTIONS, busy_timeout, held)
         self._writes = _Pool(self._connect, self.WRITE_CONNECTIONS, busy_timeout, held)
         self._open_write = threading.local()  # .tx: this thread's transaction inside writing(), if any
+        self.last_fault: tuple[float, StoreError] | None = None  # (time.monotonic(), fault) of the last one
         with self._connection(write=True) as conn:
             self._migrate(conn)
+
+    def _fault(self, exc: BaseException) -> None:
+        """Raise a storage fault as the StoreError it stands for, remembering when it happened."""
+        fault = storage_fault(exc)
+        if fault is None:
+            return
+        self.last_fault = (time.monotonic(), fault)
+        if fault is not exc:
+            raise fault from exc
+
+    def fault_within(self, seconds: float) -> StoreError | None:
+        """The last storage fault, when it happened less than ``seconds`` ago."""
+        last = self.last_fault
+        if last is not None and time.monotonic() - last[0] < seconds:
+            return last[1]
+        return None
+
+    def probe_write(self) -> None:
+        """A write that changes nothing; raises StoreError when this process cannot write."""
+        with self.writing() as tx:
+            tx.probe_write()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None,
@@ -687,7 +782,8 @@ class Store:
             try:
                 yield tx
             except BaseException:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already (disk full)
+                    conn.execute("ROLLBACK")
                 raise
             finally:
                 self._open_write.tx = None

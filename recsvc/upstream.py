@@ -27,6 +27,14 @@ deadline, so an upstream that trickles its head a byte at a time cannot
 stretch it. Bytes are counted while reading against
 ``--max-recording-bytes`` whatever ``Content-Length`` said, and the first
 bytes are sniffed: anything that is not audio fails with ``invalid_audio``.
+
+A worker hands each download a ``JobCut`` (CONTRACT 4): the job's own
+deadline (``started_at + job-timeout``) bounds every request and backoff
+pause, no request starts after it, and a try still running there is cut and
+raises ``JobDeadlinePassed``; ``JobCut.abandon()``, called from another
+thread when the job is no longer the worker's, shuts the request's sockets
+at once and raises ``DownloadAbandoned``. So a hung upstream holds a
+download thread for at most ``job-timeout``.
 """
 
 from __future__ import annotations
@@ -55,7 +63,8 @@ from .upstream_rules import (DEFAULT_PORTS, LOOPBACK_WORD, Resolver, UrlNotAllow
 
 __all__ = [
     "CHUNK", "MAX_REDIRECTS", "REQUESTS_PER_DOWNLOAD", "RETRYABLE_STATUSES", "LOOPBACK_WORD", "Resolver",
-    "UrlNotAllowed", "DownloadFailed", "Downloaded", "Downloader",
+    "UrlNotAllowed", "DownloadFailed", "Downloaded", "Downloader", "DownloadCut", "DownloadAbandoned",
+    "JobDeadlinePassed", "JobCut",
     "check_recording_url", "is_loopback_host", "is_public_address", "judge_address", "judge_host",
     "resolve_allowed", "system_resolver",
 ]
@@ -83,6 +92,48 @@ class _Retryable(Exception):
     """A failure worth another request: connection error, timeout, 5xx."""
 
 
+class DownloadCut(Exception):
+    """The download was cut short by its worker (CONTRACT 4); no job error code of its own."""
+
+
+class JobDeadlinePassed(DownloadCut):
+    """The job's deadline (``started_at + job-timeout``) came before the download ended."""
+
+
+class DownloadAbandoned(DownloadCut):
+    """The job is no longer the worker's (failed stuck, superseded, orphaned): stop at once."""
+
+
+class JobCut:
+    """A worker's hold on one download: the job's deadline, and a way to abandon it from another thread.
+
+    ``seconds_left`` is the time from the start of ``download()`` to the job's
+    deadline (None: no deadline but ``--download-timeout`` per request).
+    ``abandon()`` may be called at any time from any thread: it shuts the
+    sockets of the request in flight and ends a backoff pause.
+    """
+
+    def __init__(self, seconds_left: float | None = None):
+        self.seconds_left = seconds_left
+        self.abandoned = threading.Event()
+        self._fetch_lock = threading.Lock()  # guards _fetch
+        self._fetch: _Fetch | None = None
+
+    def abandon(self) -> None:
+        self.abandoned.set()
+        with self._fetch_lock:
+            fetch = self._fetch
+        if fetch is not None:
+            fetch.expire()
+
+    def attach(self, fetch: "_Fetch | None") -> None:
+        """The request now in flight (None between requests)."""
+        with self._fetch_lock:
+            self._fetch = fetch
+        if fetch is not None and self.abandoned.is_set():
+            fetch.expire()
+
+
 # ---------------------------------------------------------------- gate 3: the connection
 
 
@@ -103,7 +154,7 @@ class _Fetch:
         self.expired = False
         self._sockets: list[socket.socket] = []
         self._sockets_lock = threading.Lock()  # guards _sockets and expired
-        self._watchdog = threading.Timer(timeout, self._expire)
+        self._watchdog = threading.Timer(timeout, self.expire)
         self._watchdog.daemon = True
 
     def __enter__(self) -> "_Fetch":
@@ -127,7 +178,8 @@ class _Fetch:
         if expired:
             _shut(sock)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Shut every socket of the request down: at the deadline, or when the job is abandoned."""
         with self._sockets_lock:
             self.expired = True
             sockets = list(self._sockets)
@@ -314,12 +366,12 @@ class Downloaded:
 class Downloader:
     """Fetches one recording URL into an open file."""
 
-    def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep,
+    def __init__(self, settings: Settings, *, sleep: Callable[[float], None] | None = None,
                  monotonic: Callable[[], float] = time.monotonic, backoff: float | None = None,
                  resolver: Resolver | None = None, ssl_context: ssl.SSLContext | None = None,
                  requests_per_download: int = REQUESTS_PER_DOWNLOAD):
         self.settings = settings
-        self._sleep = sleep
+        self._sleep = sleep  # None: a pause waits on the job's cut, so abandoning ends it at once
         self._monotonic = monotonic
         self.resolver = resolver
         self.ssl_context = ssl_context  # None: the system's trust store, hostname checked
@@ -331,24 +383,50 @@ class Downloader:
     def tls_context(self) -> ssl.SSLContext:
         return self.ssl_context if self.ssl_context is not None else default_tls_context()
 
-    def download(self, url: str, dest: BinaryIO, headers: dict[str, str] | None = None) -> Downloaded:
+    def download(self, url: str, dest: BinaryIO, headers: dict[str, str] | None = None,
+                 cut: JobCut | None = None) -> Downloaded:
+        """Fetch ``url`` into ``dest``. Raises DownloadFailed, or DownloadCut when ``cut`` ends it."""
         try:
             check_recording_url(url, self.settings.allow_upstream)
         except UrlNotAllowed as exc:
             raise DownloadFailed(DOWNLOAD_FAILED, str(exc)) from None
+        cut = cut if cut is not None else JobCut()
+        deadline = None if cut.seconds_left is None else self._monotonic() + cut.seconds_left
         last_error = "no request made"
         for attempt in range(self.requests_per_download):
             if attempt:
-                self._sleep(self.backoff * 2 ** (attempt - 1))
+                self._pause(self.backoff * 2 ** (attempt - 1), deadline, cut)
                 dest.seek(0)
                 dest.truncate()
+            timeout = self._time_for_request(deadline, cut)  # CONTRACT 4: none starts after the deadline
             try:
-                return self._request(url, dest, headers or {})
+                return self._request(url, dest, headers or {}, timeout, cut)
             except _Retryable as exc:
+                self._time_for_request(deadline, cut)  # a try cut at the job's deadline ends the job
                 last_error = str(exc)
                 log.info("download of %s failed (%s), request %d/%d", _loggable(url), exc,
                          attempt + 1, self.requests_per_download)
         raise DownloadFailed(DOWNLOAD_FAILED, f"{last_error} (after {self.requests_per_download} requests)")
+
+    def _time_for_request(self, deadline: float | None, cut: JobCut) -> float:
+        """Seconds the next request may take; raises DownloadCut when the job was abandoned or is out of time."""
+        if cut.abandoned.is_set():
+            raise DownloadAbandoned("the job is no longer this worker's")
+        timeout = self.settings.download_timeout
+        if deadline is None:
+            return timeout
+        left = deadline - self._monotonic()
+        if left <= 0:
+            raise JobDeadlinePassed("the job's deadline passed")
+        return min(timeout, left)
+
+    def _pause(self, seconds: float, deadline: float | None, cut: JobCut) -> None:
+        if deadline is not None:
+            seconds = min(seconds, max(0.0, deadline - self._monotonic()))
+        if self._sleep is not None:
+            self._sleep(seconds)
+        else:
+            cut.abandoned.wait(seconds)
 
     def _opener(self, fetch: _Fetch) -> urllib.request.OpenerDirector:
         """A fresh opener per request: its handlers carry that request's deadline."""
@@ -359,24 +437,32 @@ class Downloader:
             opener.add_handler(handler)
         return opener
 
-    def _request(self, url: str, dest: BinaryIO, headers: dict[str, str]) -> Downloaded:
-        timeout = self.settings.download_timeout
+    def _request(self, url: str, dest: BinaryIO, headers: dict[str, str], timeout: float,
+                 cut: JobCut) -> Downloaded:
         too_slow = f"download took longer than {timeout:g}s"
         request = urllib.request.Request(url, headers={"User-Agent": "recsvc", **headers})
         with _Fetch(self.settings.allow_upstream, self.resolver, timeout, self._monotonic) as fetch:
+            cut.attach(fetch)
             try:
-                response = self._opener(fetch).open(request, timeout=timeout)
-            except UrlNotAllowed as exc:
-                raise DownloadFailed(DOWNLOAD_FAILED, str(exc)) from None
-            except urllib.error.HTTPError as exc:
-                exc.close()
-                raise self._status_error(exc.code) from None
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                if fetch.expired or isinstance(getattr(exc, "reason", exc), (socket.timeout, TimeoutError)):
-                    raise _Retryable(too_slow) from None
-                raise _Retryable(f"connection failed: {getattr(exc, 'reason', exc) or type(exc).__name__}") from None
-            with response:
-                return self._receive(response, dest, fetch, too_slow)
+                return self._open_and_receive(request, fetch, dest, timeout, too_slow)
+            finally:
+                cut.attach(None)
+
+    def _open_and_receive(self, request, fetch: "_Fetch", dest: BinaryIO, timeout: float,
+                          too_slow: str) -> Downloaded:
+        try:
+            response = self._opener(fetch).open(request, timeout=timeout)
+        except UrlNotAllowed as exc:
+            raise DownloadFailed(DOWNLOAD_FAILED, str(exc)) from None
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise self._status_error(exc.code) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            if fetch.expired or isinstance(getattr(exc, "reason", exc), (socket.timeout, TimeoutError)):
+                raise _Retryable(too_slow) from None
+            raise _Retryable(f"connection failed: {getattr(exc, 'reason', exc) or type(exc).__name__}") from None
+        with response:
+            return self._receive(response, dest, fetch, too_slow)
 
     def _receive(self, response, dest: BinaryIO, fetch: _Fetch, too_slow: str) -> Downloaded:
         limit = self.settings.max_recording_bytes

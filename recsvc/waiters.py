@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Callable
 
-from .store import Store
+from .store import StorageOutage, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class JobWaiters:
 
     def _watch(self) -> None:
         """One query for every held job, for jobs ended by another process."""
+        outage = StorageOutage("watching held jobs", log)
         while not self._stopping.wait(self.poll_interval):
             with self._held_lock:
                 ids = [job_id for job_id, held in self._held.items() if not held.event.is_set()]
@@ -88,6 +89,10 @@ class JobWaiters:
             try:
                 with self.store.reading() as tx:
                     ended = tx.ended_jobs(ids)
+                outage.worked()
+            except StoreError as exc:
+                outage.failed(exc)
+                continue
             except Exception:
                 log.exception("job watcher query failed")
                 continue

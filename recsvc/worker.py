@@ -19,6 +19,23 @@ Ownership: every status change a worker makes is a compare-and-set on
 marked stuck meanwhile) changes no row; the complete, verified file it may
 have published stays, harmless, and is overwritten by the next download.
 
+Abandoning (CONTRACT 4). Each download in flight is held with a ``JobCut``.
+The heartbeat learns, in the statement that refreshes this worker's running
+jobs, which of them are still its own; the downloads of the others (failed
+stuck, by the sweeper, orphaned, superseded) are cut at once: the upstream
+connection is shut, the temporary file removed, and the thread takes the
+next job. So a thread notices within one heartbeat
+interval. The cut also carries the job's deadline, ``started_at +
+job-timeout``: a try still running there is cut and the job failed
+``stuck`` with the running reason. ``abandoned_downloads()`` counts the
+threads still busy on jobs that are no longer theirs (a gauge).
+
+Storage faults. A claim or a heartbeat that cannot be written (disk full,
+read-only, I/O error, locked) is one outage: one line when it starts, one
+when it ends, and the threads wait a heartbeat interval between tries. A
+job whose end could not be recorded is remembered and recorded by the
+first heartbeat that can write.
+
 ``recover_orphans()`` runs once at start: jobs left running by a process of
 this host that no longer exists are failed ``orphaned`` and replaced in place.
 """
@@ -38,9 +55,10 @@ from .clock import Clock
 from .files import HOSTNAME, RecordingFiles, process_alive
 from .media import AUDIO_TYPES
 from .metrics import Metrics
-from .model import DOWNLOAD_FAILED, ORPHANED, STORAGE_ERROR, TWILIO_CREDENTIALS, Job, Recording
-from .store import Store, StoreBusy
-from .upstream import Downloader, DownloadFailed
+from .decision import running_too_long
+from .model import DOWNLOAD_FAILED, ORPHANED, STORAGE_ERROR, STUCK, TWILIO_CREDENTIALS, Job, Recording
+from .store import StorageOutage, Store, StoreError
+from .upstream import DownloadAbandoned, Downloader, DownloadFailed, JobCut, JobDeadlinePassed
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +85,7 @@ def recover_orphans(store: Store, files: RecordingFiles, clock: Clock, own_worke
     its attempt number: orphans do not count as retries.
     """
     now = clock()
-    replaced = 0
+    replaced: list[Job] = []
     with store.writing() as tx:
         for job in tx.running_jobs():
             owner = parse_worker_id(job.worker_id or "")
@@ -79,14 +97,24 @@ def recover_orphans(store: Store, files: RecordingFiles, clock: Clock, own_worke
                 continue
             if tx.fail_job(job.id, "running", ORPHANED, "worker restarted", now):
                 tx.insert_job(job.business_id, job.call_sid, job.recording_url, job.attempt, now)
-                replaced += 1
-                log.warning("[ORPHAN] job=%d call_sid=%s failed: worker restarted; replacement queued",
-                            job.id, job.call_sid)
+                replaced.append(job)
         for worker_id, host, pid, *_ in tx.all_workers():
             if host == HOSTNAME and worker_id != own_worker_id and (pid == os.getpid() or not process_alive(pid)):
                 tx.delete_worker(worker_id)
+    for job in replaced:  # told once the commit made it true (CONTRACT 3)
+        log.warning("[ORPHAN] job=%d call_sid=%s failed: worker restarted; replacement queued",
+                    job.id, job.call_sid)
     files.remove_dead_temp_files(own_pid=os.getpid())
-    return replaced
+    return len(replaced)
+
+
+class _Running:
+    """A download in flight: its job, its cut, and whether its thread is recording its end."""
+
+    def __init__(self, job: Job, cut: JobCut):
+        self.job = job
+        self.cut = cut
+        self.settled = False
 
 
 class WorkerPool:
@@ -96,7 +124,7 @@ class WorkerPool:
                  threads: int, heartbeat_interval: float, clock: Clock, metrics: Metrics,
                  poll_interval: float = 0.5, on_job_done: Callable[[Job], None] | None = None,
                  on_stored: Callable[[Job], None] | None = None,
-                 worker_id: str | None = None):
+                 worker_id: str | None = None, job_timeout: float | None = None):
         self.store = store
         self.files = files
         self.downloader = downloader
@@ -113,8 +141,14 @@ class WorkerPool:
         self._pending_wakes = 0
         self._download_threads: list[threading.Thread] = []
         self._service_threads: list[threading.Thread] = []
+        self.job_timeout = job_timeout  # None: no deadline of the job's own, only --download-timeout per try
         self._busy = 0
         self._busy_lock = threading.Lock()  # guards _busy
+        self._running_lock = threading.Lock()  # guards _running and _unrecorded
+        self._running: dict[int, _Running] = {}
+        self._unrecorded: dict[int, tuple[Job, str, str]] = {}  # job id -> (job, error_code, message)
+        self.claim_outage = StorageOutage("download threads cannot claim jobs", log)
+        self.heartbeat_outage = StorageOutage(f"worker {self.worker_id} heartbeat", log)
 
     # ---- lifecycle
 
@@ -172,6 +206,10 @@ class WorkerPool:
         while not self._stopping.is_set():
             try:
                 worked = self.run_once()
+            except StoreError as exc:  # CONTRACT 3: a storage fault, one line per outage
+                self.claim_outage.failed(exc)
+                self._stopping.wait(self.heartbeat_interval)
+                continue
             except Exception:
                 if self._stopping.is_set():  # the store may be closed under a download that outlived stop()
                     log.info("download thread ended during shutdown", exc_info=True)
@@ -185,11 +223,16 @@ class WorkerPool:
                     self._pending_wakes = max(0, self._pending_wakes - 1)
 
     def _heartbeat_loop(self) -> None:
-        while not self._stopping.wait(self.heartbeat_interval):
+        pause = self.heartbeat_interval
+        while not self._stopping.wait(pause):
+            pause = self.heartbeat_interval
             try:
                 self.heartbeat()
-            except StoreBusy:
-                log.warning("heartbeat skipped: the database stayed locked")
+            except StoreError as exc:
+                self.heartbeat_outage.failed(exc)
+                # Sooner while it fails: once storage is back, the beat is fresh again before
+                # anyone can take the missing beats for "no live worker" (CONTRACT 3, row 7).
+                pause = self.heartbeat_interval / 4
             except Exception:
                 log.exception("heartbeat failed")
 
@@ -203,38 +246,94 @@ class WorkerPool:
     # ---- one step each (tests call these directly)
 
     def heartbeat(self) -> None:
+        """Refresh this worker and the jobs its threads run; cut those that are no longer its own,
+        and record the ends that a storage fault kept from being recorded (CONTRACT 4)."""
+        with self._running_lock:
+            in_flight = {job_id: running for job_id, running in self._running.items() if not running.settled}
+            unrecorded = list(self._unrecorded.values())
+        now = self.clock()
         with self.store.writing() as tx:
-            tx.beat(self.worker_id, self.clock())
+            mine = tx.beat(self.worker_id, now)
+            recorded = [(job, code, message) for job, code, message in unrecorded
+                        if tx.fail_owned_job(job.id, self.worker_id, code, message, now)]
+        self.heartbeat_outage.worked()
+        with self._running_lock:
+            for job, *_ in unrecorded:
+                self._unrecorded.pop(job.id, None)
+        for job, code, message in recorded:
+            self._failed(job, code, message)
+        for job_id, running in in_flight.items():
+            if job_id not in mine:
+                log.warning("job=%d call_sid=%s is no longer ours; abandoning its download",
+                            job_id, running.job.call_sid)
+                running.cut.abandon()
+
+    def abandoned_downloads(self) -> int:
+        """Download threads busy on jobs that are no longer theirs, as the database says now."""
+        with self._running_lock:
+            in_flight = [job_id for job_id, running in self._running.items() if not running.settled]
+        if not in_flight:
+            return 0
+        with self.store.reading() as tx:
+            lost = set(tx.lost_jobs(in_flight, self.worker_id))
+        with self._running_lock:  # a thread that settled meanwhile is no longer busy on it
+            return sum(1 for job_id in lost if job_id in self._running and not self._running[job_id].settled)
 
     def run_once(self) -> bool:
         """Claim and run one job; False when there was nothing to claim."""
         with self.store.writing() as tx:
             job = tx.claim_next_job(self.worker_id, self.clock())
+        self.claim_outage.worked()
         if job is None:
             return False
+        running = _Running(job, JobCut(self._seconds_left(job)))
         with self._busy_lock:
             self._busy += 1
+        with self._running_lock:
+            self._running[job.id] = running
         try:
-            self._run(job)
+            self._run(job, running)
         finally:
+            with self._running_lock:
+                del self._running[job.id]
             with self._busy_lock:
                 self._busy -= 1
         return True
 
-    def _run(self, job: Job) -> None:
+    def _seconds_left(self, job: Job) -> float | None:
+        """Time to the job's deadline, ``started_at + job-timeout`` (CONTRACT 4)."""
+        if self.job_timeout is None or job.started_at is None:
+            return None
+        return job.started_at + self.job_timeout - self.clock()
+
+    def _run(self, job: Job, running: _Running) -> None:
         started = time.monotonic()
         log.info("job=%d call_sid=%s download started", job.id, job.call_sid)
         temp = temp_path = None
         try:
             temp, temp_path = self.files.create_temp(job.business_id)
-            got = self.downloader.download(job.recording_url, temp, self._credentials(job))
+            got = self.downloader.download(job.recording_url, temp, self._credentials(job), running.cut)
+            running.settled = True
             if self._publish(job, temp, temp_path, got):
                 temp_path = None
+        except DownloadAbandoned:
+            self.metrics.download_abandoned()
+            log.info("job=%d call_sid=%s abandoned: no longer ours; nothing recorded", job.id, job.call_sid)
+        except JobDeadlinePassed:
+            running.settled = True
+            self._fail(job, STUCK, running_too_long(self.clock() - (job.started_at or self.clock())))
         except DownloadFailed as exc:
+            running.settled = True
             self._fail(job, exc.code, exc.message)
         except OSError as exc:
+            running.settled = True
             self._fail(job, STORAGE_ERROR, f"could not store the recording: {exc.strerror or exc}")
+        except StoreError as exc:  # the end could not be recorded: the next heartbeat that can write will
+            log.warning("job=%d call_sid=%s: its end could not be recorded (%s); kept for the next heartbeat",
+                        job.id, job.call_sid, exc)
+            self._remember_unrecorded(job, STORAGE_ERROR, f"could not record the recording: {exc}")
         except Exception as exc:  # a fault of ours must not leave the job running until job-timeout
+            running.settled = True
             log.exception("job=%d call_sid=%s: unexpected error", job.id, job.call_sid)
             self._fail(job, DOWNLOAD_FAILED, f"unexpected error: {type(exc).__name__}")
         finally:
@@ -248,6 +347,10 @@ class WorkerPool:
             self.metrics.observe_job_duration(time.monotonic() - started)
             if self.on_job_done is not None:
                 self.on_job_done(job)
+
+    def _remember_unrecorded(self, job: Job, code: str, message: str) -> None:
+        with self._running_lock:
+            self._unrecorded[job.id] = (job, code, message)
 
     def _credentials(self, job: Job) -> dict[str, str]:
         """Headers that authenticate the download: HTTP Basic with the business's Twilio account
@@ -286,11 +389,25 @@ class WorkerPool:
         return True
 
     def _fail(self, job: Job, code: str, message: str) -> None:
-        with self.store.writing() as tx:
-            owned = tx.fail_owned_job(job.id, self.worker_id, code, message, self.clock())
+        try:
+            with self.store.writing() as tx:
+                owned = tx.fail_owned_job(job.id, self.worker_id, code, message, self.clock())
+        except StoreError as exc:
+            log.warning("job=%d call_sid=%s failed (%s) but that could not be recorded (%s); "
+                        "kept for the next heartbeat", job.id, job.call_sid, code, exc)
+            self._remember_unrecorded(job, code, message)
+            return
         if owned:
-            self.metrics.job_finished("failed", code)
-            log.warning("job=%d call_sid=%s failed: %s %s", job.id, job.call_sid, code, message)
+            self._failed(job, code, message)
         else:
             log.warning("job=%d call_sid=%s failed (%s) but is no longer ours; nothing recorded",
                         job.id, job.call_sid, code)
+
+    def _failed(self, job: Job, code: str, message: str) -> None:
+        """Log lines and metrics of a failure, once its commit made it true (CONTRACT 3)."""
+        self.metrics.job_finished("failed", code)
+        if code == STUCK:
+            self.metrics.stuck_job("running")
+            log.warning("[STUCK] job=%d call_sid=%s reason=%s", job.id, job.call_sid, message)
+        else:
+            log.warning("job=%d call_sid=%s failed: %s %s", job.id, job.call_sid, code, message)

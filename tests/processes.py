@@ -127,6 +127,12 @@ class Client:
         raise AssertionError(f"{call_sid} never answered {status}; saw {sorted(set(seen))}, jobs {self.jobs(call_sid)}")
 
 
+def put_calls(client: Client, token: str, upstream, call_sids: list[str], body: bytes, **script) -> None:
+    """A call per sid, each with its own upstream path answering ``body`` (and ``script``: hang=True...)."""
+    for sid in call_sids:
+        client.put_call(token, sid, upstream.set(f"/{sid}.wav", body=body, **script))
+
+
 def read_db(data_dir, sql: str, *args) -> list[tuple]:
     """Read the data dir's database the way an operator would, bypassing recsvc."""
     conn = sqlite3.connect(os.path.join(str(data_dir), "recsvc.sqlite3"), timeout=5)
