@@ -15,7 +15,7 @@ hygiene"). The names of that module the rest of recsvc uses (``Request``,
 these states until one of them says *close*::
 
     IDLE   -- first byte of a request -->  HEAD
-    HEAD   -- blank line -->               BODY   (Content-Length bytes)
+    HEAD   -- blank line -->               BODY   (Content-Length bytes, or chunks)
     BODY   -- all bytes read -->           APP    (the app may take seconds)
     APP    -- Response -->                 WRITE
     WRITE  -- keep-alive -->               IDLE
@@ -53,6 +53,7 @@ from typing import BinaryIO, Callable
 from .http_protocol import (
     MAX_LINE_BYTES,
     METHODS_WITH_BODY,
+    ChunkedBody,
     FileBody,
     Request,
     RequestError,
@@ -64,6 +65,7 @@ from .http_protocol import (
     parse_header_line,
     parse_request_line,
     render_response,
+    request_target,
     wants_keep_alive,
 )
 
@@ -179,6 +181,16 @@ class _Reader:
             self._scanned = len(self._buffer)
             if len(self._buffer) > MAX_LINE_BYTES + 1:  # +1: room for a CR awaiting its LF
                 raise too_long()
+            self._fill(deadline)
+
+    def read_chunked(self, decoder: ChunkedBody, deadline: float) -> bytes:
+        """A chunked body through ``decoder``; bytes after its end stay for the next request."""
+        while True:
+            used = decoder.feed(self._buffer)
+            del self._buffer[:used]
+            if decoder.done:
+                self._scanned = 0
+                return bytes(decoder.body)
             self._fill(deadline)
 
     def read_exact(self, count: int, deadline: float) -> bytes:
@@ -337,18 +349,25 @@ class _Connection:
             while not head.feed_line(reader.read_line(deadline, head.too_long)):
                 pass
         method, target, version = head.request_line
-        headers = head.headers
+        length = body_length(method, version, head.headers)
+        target, headers = request_target(target, version, head.headers)
         path, _, query = target.partition("?")
-        length = body_length(method, headers)
         # A body on a method without one: answer, then close, so bytes that
-        # follow are never taken for a second request (CONTRACT 6).
-        keep_alive = wants_keep_alive(version, headers) and (length == 0 or method in METHODS_WITH_BODY)
+        # follow are never taken for a second request (CONTRACT 6). An
+        # HTTP/1.0 message with Transfer-Encoding is faulty framing: close after
+        # it too (RFC 9112 6.1).
+        keep_alive = wants_keep_alive(version, headers) and (length == 0 or (
+            method in METHODS_WITH_BODY and (length is not None or version == "HTTP/1.1")))
         body = b""
-        if length:
+        if length != 0:
             expect = next((v for n, v in headers if n == "expect"), "")
-            if version == "HTTP/1.1" and expect.lower() == "100-continue" and reader.buffered < length:
+            if version == "HTTP/1.1" and expect.lower() == "100-continue" and (length is None or reader.buffered < length):
                 self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = reader.read_exact(length, time.monotonic() + self.server.idle_timeout)
+            body_deadline = time.monotonic() + self.server.idle_timeout
+            if length is None:
+                body = reader.read_chunked(ChunkedBody(), body_deadline)
+            else:
+                body = reader.read_exact(length, body_deadline)
         request = Request(
             method=method,
             target=target,

@@ -38,11 +38,13 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "not_found": (404, "No such path, or an /admin/* path while no admin token is set (6)."),
     "method_not_allowed": (405, "A known path with another method; Allow lists the ones it takes (6)."),
     "not_implemented": (501, "A method other than GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS (6)."),
-    "bad_request": (400, "A malformed request line or header line (6)."),
-    "unsupported_transfer_encoding": (400, "Transfer-Encoding on a request; the connection is closed (6)."),
+    "bad_request": (400, "A malformed request line or header line, or an HTTP/1.1 request without one Host (6)."),
+    "unsupported_transfer_encoding": (501, "A transfer coding other than chunked on a request; the connection is closed (6)."),
+    "bad_framing": (400, "Transfer-Encoding with Content-Length, or chunked named twice; the connection is closed (6)."),
+    "bad_chunked_body": (400, "A malformed chunked request body; the connection is closed (6)."),
     "bad_content_length": (400, "A malformed, negative or doubled Content-Length; the connection is closed (6)."),
-    "length_required": (411, "A PUT or POST without Content-Length (6)."),
-    "body_too_large": (413, "A request body over 64 KiB (6)."),
+    "length_required": (411, "A PUT or POST with neither Content-Length nor a chunked body (6)."),
+    "body_too_large": (413, "A request body over 64 KiB, decoded (6)."),
     "uri_too_long": (414, "A request line over 8 KiB (6)."),
     "header_too_large": (431, "A header line over 8 KiB, or more than 100 header lines (6)."),
     "request_timeout": (408, "The request head did not arrive within the idle timeout (2, --idle-timeout)."),
@@ -57,7 +59,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 
 # Errors the transport or the choke point may answer on any operation.
 TRANSPORT_CODES = ("not_found", "method_not_allowed", "not_implemented", "bad_request", "unsupported_transfer_encoding",
-                   "bad_content_length", "length_required", "body_too_large", "uri_too_long", "header_too_large",
+                   "bad_framing", "bad_chunked_body", "bad_content_length", "length_required", "body_too_large", "uri_too_long", "header_too_large",
                    "request_timeout", "http_version_not_supported", "too_many_connections", "storage_busy",
                    "internal_error")
 
