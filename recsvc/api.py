@@ -179,7 +179,7 @@ class Api:
             if isinstance(found, MethodNotAllowed):
                 route_name = found.route.name
                 raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here.",
-                               (("Allow", found.route.allow),))
+                               (("Allow", found.allow),))
             if not isinstance(found, Matched):
                 raise ApiError(404, "not_found", "No such resource.")
             route_name = found.route.name
