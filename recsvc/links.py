@@ -71,9 +71,12 @@ class LinkSigner:
         at least one HMAC is always computed so that a call that exists
         nowhere costs the same as one that exists elsewhere.
         """
-        fields = urllib.parse.parse_qs(query, keep_blank_values=True, max_num_fields=10)
+        try:
+            fields = urllib.parse.parse_qs(query, keep_blank_values=True, max_num_fields=20)
+        except ValueError:  # more fields than any link has
+            return None
         exp, sig = fields.get("exp", []), fields.get("sig", [])
-        if len(exp) != 1 or len(sig) != 1 or not exp[0].isdigit() or len(exp[0]) > 12:
+        if len(exp) != 1 or len(sig) != 1 or not (exp[0].isascii() and exp[0].isdigit()) or len(exp[0]) > 12:
             return None
         expires = int(exp[0])
         given = sig[0].encode("utf-8", "replace")

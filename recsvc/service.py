@@ -58,6 +58,10 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+class TwilioAccountTaken(Exception):
+    """The Twilio account is already registered to another business."""
+
+
 @dataclass(frozen=True)
 class PlayResult:
     """What the HTTP layer renders for a play request."""
@@ -326,10 +330,16 @@ class RecordingService:
     # ------------------------------------------------------------ Twilio
 
     def register_twilio(self, business_id: int, account_sid: str, auth_token: str, media_format: str) -> bool:
-        """Store a business's Twilio account; False when there is no such business."""
+        """Store a business's Twilio account; False when there is no such business.
+
+        Raises ``TwilioAccountTaken`` when another business already has this account
+        (CONTRACT 6: 409): one account signs for one business only."""
         with self.store.writing() as tx:
             if not tx.business_exists(business_id):
                 return False
+            holder = tx.twilio_account_by_sid(account_sid)
+            if holder is not None and holder.business_id != business_id:
+                raise TwilioAccountTaken(account_sid)
             tx.upsert_twilio_account(account_sid, business_id, auth_token, media_format)
         return True
 
