@@ -191,8 +191,12 @@ def _paths() -> dict:
                   tag="calls"),
             "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
                 "type": "object", "required": ["AccountSid", "CallSid"],
-                "properties": {name: {"type": "string"} for name in (
-                    "AccountSid", "CallSid", "RecordingSid", "RecordingUrl", "RecordingStatus", "RecordingDuration")},
+                "properties": {
+                    **{name: {"type": "string"} for name in ("RecordingSid", "RecordingUrl", "RecordingStatus")},
+                    "AccountSid": {"type": "string", "minLength": 1},
+                    "CallSid": {"type": "string", "pattern": CALL_SID_PATTERN},
+                    "RecordingDuration": {"type": "string", "pattern": "^(-?[0-9]+)?$",
+                                          "description": "Whole seconds, when given; negative means unknown."}},
             }}}},
             "parameters": [{"name": "X-Twilio-Signature", "in": "header", "required": True,
                             "description": "Base64 HMAC-SHA1 of the URL and the sorted form fields.",
