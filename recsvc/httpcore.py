@@ -36,7 +36,11 @@ close, so the kernel does not reset the connection under the answer.
 
 ``HTTPServer`` accepts, counts connections against ``max_connections`` (the
 next one gets a 503 from the accepting thread itself, without a handler
-thread) and logs one access line per request on ``recsvc.access``.
+thread) and logs one access line per request on ``recsvc.access``. Past
+``max_connections``, ``reserve`` more connections are admitted for the
+``reserved_paths`` alone (CONTRACT 6: health probes are answered when every
+slot is taken): such a connection serves one request, waits at most
+``RESERVE_HEAD_SECONDS`` for it, and answers any other path 503.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ access_logger = logging.getLogger("recsvc.access")
 _SMALL_BODY_BYTES = 65536  # a bytes body up to this goes out in the head's send
 _CHUNK_BYTES = 65536
 _LINGER_SECONDS = 2.0
+RESERVE_HEAD_SECONDS = 2.0  # how long a reserve connection may take to send its request head
 _LINGER_BYTES = 1 << 20
 
 
@@ -271,8 +276,9 @@ def _close_gracefully(sock: socket.socket, linger: float) -> None:
 class _Connection:
     """Serves the requests of one socket, in order, on the calling thread."""
 
-    def __init__(self, server: HTTPServer, sock: socket.socket, client_address: tuple):
+    def __init__(self, server: HTTPServer, sock: socket.socket, client_address: tuple, reserved: bool = False):
         self.server = server
+        self.reserved = reserved  # admitted past max_connections: one request, to a reserved path only
         self.sock = sock
         self.client_address = client_address
         self.reader = _Reader(sock)
@@ -302,7 +308,8 @@ class _Connection:
 
     def _serve_one(self) -> bool:
         """Read, answer and write one request; False when the connection ends."""
-        deadline = time.monotonic() + self.server.idle_timeout
+        deadline = time.monotonic() + (min(self.server.idle_timeout, RESERVE_HEAD_SECONDS) if self.reserved
+                                        else self.server.idle_timeout)
         self.reader.mark()
         self.head = RequestHead()
         try:
@@ -318,6 +325,11 @@ class _Connection:
         except RequestError as error:
             self._answer_error(error)
             return False
+        if self.reserved:
+            if request.path not in self.server.reserved_paths:
+                self._answer_error(_too_many_connections())
+                return False
+            keep_alive = False
         started = time.monotonic()
         response = None
         try:
@@ -417,6 +429,10 @@ class _Connection:
             access_logger.info("%s %s %s %d %d %.1fms", self.client_address[0], method, path, status, sent, (time.monotonic() - started) * 1000)
 
 
+def _too_many_connections() -> RequestError:
+    return RequestError(503, "too_many_connections", "Too many connections; try again shortly.", [("Retry-After", "1")])
+
+
 class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     """A threading HTTP/1.1 server for one app callable (CONTRACT 2, 6)."""
 
@@ -430,9 +446,10 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], app: Callable[[Request], Response], *, idle_timeout: float = 15, max_connections: int = 256, access_log: bool = True,
-                 listen_socket: socket.socket | None = None):
+                 listen_socket: socket.socket | None = None, reserve: int = 0, reserved_paths: tuple[str, ...] = ()):
         """Bind and listen on ``address``, or serve ``listen_socket``, one already
-        listening (a serving process of ``serve --processes N`` shares its parent's)."""
+        listening (a serving process of ``serve --processes N`` shares its parent's).
+        ``reserve`` connections past ``max_connections`` serve ``reserved_paths`` only."""
         if not idle_timeout > 0:
             raise ValueError("idle_timeout must be positive")
         if max_connections < 1:
@@ -441,6 +458,8 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.access_log = access_log
+        self.reserve = reserve
+        self.reserved_paths = frozenset(reserved_paths)
         self._connections_lock = threading.Lock()  # guards _connections and _open_sockets
         self._connections = 0
         self._open_sockets: set[socket.socket] = set()
@@ -470,23 +489,30 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def process_request(self, request, client_address):
         with self._connections_lock:
-            admitted = self._connections < self.max_connections
+            admitted = self._connections < self.max_connections + self.reserve
             if admitted:
+                reserved = self._connections >= self.max_connections
                 self._connections += 1
                 self._open_sockets.add(request)
         if not admitted:
             self._refuse(request, client_address)
             return
         try:
-            super().process_request(request, client_address)
+            # socketserver.ThreadingMixIn.process_request, with the reserve flag passed on.
+            thread = threading.Thread(target=self.process_request_thread, args=(request, client_address, reserved),
+                                      daemon=self.daemon_threads)
+            thread.start()
         except BaseException:
             self._release(request)
             raise
 
-    def process_request_thread(self, request, client_address):
+    def process_request_thread(self, request, client_address, reserved: bool = False):
         try:
-            super().process_request_thread(request, client_address)
+            _Connection(self, request, client_address, reserved).serve()
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
+            self.shutdown_request(request)
             self._release(request)
 
     def _release(self, sock: socket.socket) -> None:
@@ -518,8 +544,7 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             logger.warning("refused %d connection(s) with 503: all %d connection slots are in use", self._refused, self.max_connections)
             self._refused = 0
             self._refused_logged_at = now
-        response = json_error(503, "too_many_connections", "Too many connections; try again shortly.", [("Retry-After", "1")])
-        head, body, _ = render_response(response, "GET", "HTTP/1.1", False)
+        head, body, _ = render_response(_too_many_connections().response(), "GET", "HTTP/1.1", False)
         try:
             sock.setblocking(False)  # never let one client stall the accept loop
             sock.send(head + body)
@@ -530,9 +555,6 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             pass
         finally:
             sock.close()
-
-    def finish_request(self, request, client_address):
-        _Connection(self, request, client_address).serve()
 
     def shutdown_request(self, request):
         self.close_request(request)  # _Connection already shut down and drained

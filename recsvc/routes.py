@@ -59,6 +59,11 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+# CONTRACT 6: answered even when every --max-connections slot is taken, from a reserve of their own.
+PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
+PROBE_RESERVE = 8  # connections past --max-connections that may carry one probe each
+
+
 @dataclass(frozen=True)
 class Matched:
     route: Route

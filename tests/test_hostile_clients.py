@@ -285,8 +285,9 @@ def test_the_connection_after_max_connections_gets_503_and_is_closed(make_harnes
     held = [connect(address) for _ in range(3)]
     try:
         assert wait_until(lambda: svc.app.http.connections == 3, 2)
-        with connect(address) as extra:
+        with connect(address) as extra:  # a reserve slot: it serves health probes only (CONTRACT 6)
             started = time.monotonic()
+            extra.sendall(request_bytes("GET", "/api/calls/CA1"))
             answer = parse_answer(read_until_closed(extra, 2))  # returns only once closed
             assert time.monotonic() - started < 1
         assert answer.status == 503 and answer.json["error"] == "too_many_connections"
