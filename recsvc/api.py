@@ -458,11 +458,13 @@ class Api:
 
     @staticmethod
     def _request_urls(request: Request) -> list[str]:
-        """The URL Twilio requested, as far as this server can tell: the Host header and
-        target, over https (behind a proxy) and over the scheme a proxy names, or plain http."""
-        host = request.header("host") or ""
-        forwarded = (request.header("x-forwarded-proto") or "").split(",")[0].strip().lower()
-        schemes = dict.fromkeys([s for s in (forwarded, "https", "http") if s in ("http", "https")])
+        """The URL Twilio requested, as far as this server can tell: the host and scheme a
+        trusted proxy names (CONTRACT 6, --trusted-proxies), else the Host header, over https
+        and plain http. Headers from a peer that is not a trusted proxy are never read here."""
+        forwarded = request.forwarded
+        host = (forwarded.host if forwarded is not None else None) or request.header("host") or ""
+        named = forwarded.scheme if forwarded is not None else None
+        schemes = dict.fromkeys([s for s in (named, "https", "http") if s])
         return [f"{scheme}://{host}{request.target}" for scheme in schemes]
 
     def pause_workers(self, request: Request) -> Response:

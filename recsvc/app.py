@@ -28,6 +28,7 @@ from .httpcore import HTTPServer
 from .links import LinkSigner, load_secret
 from .metrics import Metrics
 from .prefork import MetricsExchange
+from .proxies import TrustedProxies
 from .routes import PROBE_PATHS, PROBE_RESERVE
 from .service import RecordingService
 from .settings import Settings
@@ -99,7 +100,8 @@ class App:
                                    idle_timeout=self.settings.idle_timeout,
                                    max_connections=self.settings.max_connections,
                                    listen_socket=listen_socket,
-                                   reserve=PROBE_RESERVE, reserved_paths=PROBE_PATHS)
+                                   reserve=PROBE_RESERVE, reserved_paths=PROBE_PATHS,
+                                   trusted_proxies=TrustedProxies(self.settings.trusted_proxies))
             # A short poll interval: shutdown() returns within it (tests stop many apps).
             self._spawn("http", lambda: self.http.serve_forever(poll_interval=0.05))
             self.metrics.add_gauges(self._http_gauges)

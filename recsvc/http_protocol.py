@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable
 
+from .proxies import ForwardedView
+
 __all__ = [
     "Request",
     "Response",
@@ -134,6 +136,8 @@ class Request:
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     body: bytes = field(default=b"", repr=False)
     client_address: tuple = ("127.0.0.1", 0)
+    # What a --trusted-proxies peer said about the client (recsvc.proxies); None from anyone else.
+    forwarded: ForwardedView | None = field(default=None, repr=False)
     # True once the peer closed or reset; a held request (CONTRACT 5b) polls it.
     client_gone: Callable[[], bool] = field(default=_never_gone, repr=False, compare=False)
 

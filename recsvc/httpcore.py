@@ -72,6 +72,7 @@ from .http_protocol import (
     request_target,
     wants_keep_alive,
 )
+from .proxies import TrustedProxies
 
 __all__ = [
     "HTTPServer",
@@ -284,6 +285,9 @@ class _Connection:
         self.reader = _Reader(sock)
         self.head = RequestHead()  # of the request being read
         self._client_gone = lambda: _peer_gone(sock)
+        # Asked once per connection: only a --trusted-proxies peer's Forwarded headers are read.
+        proxies = server.trusted_proxies
+        self.proxies = proxies if proxies and proxies.trusts(client_address[0]) else None
 
     @property
     def current(self) -> tuple[str, str]:
@@ -349,7 +353,9 @@ class _Connection:
         finally:
             # The transport owns the file from here, sent or not (HEAD, 204, 304, errors).
             _close_body(getattr(response, "body", None))
-        self._log_access(request.method, request.path, response.status, sent, started)
+        forwarded = request.forwarded
+        self._log_access(request.method, request.path, response.status, sent, started,
+                         forwarded.client if forwarded is not None and forwarded.client else None)
         return keep_alive and complete
 
     def _read_request(self, deadline: float) -> tuple[Request, bool]:
@@ -389,6 +395,7 @@ class _Connection:
             headers=tuple(headers),
             body=body,
             client_address=self.client_address,
+            forwarded=self.proxies.view(headers) if self.proxies is not None else None,
             client_gone=self._client_gone,
         )
         return request, keep_alive
@@ -423,10 +430,11 @@ class _Connection:
             return sent, False
         return sent, True
 
-    def _log_access(self, method: str, path: str, status: int, sent: int, started: float) -> None:
-        # CONTRACT 6: the path only; a query may hold a link signature. No header values.
+    def _log_access(self, method: str, path: str, status: int, sent: int, started: float, client: str | None = None) -> None:
+        # CONTRACT 6: the path only; a query may hold a link signature. No header values but
+        # the client address a trusted proxy named.
         if self.server.access_log and access_logger.isEnabledFor(logging.INFO):
-            access_logger.info("%s %s %s %d %d %.1fms", self.client_address[0], method, path, status, sent, (time.monotonic() - started) * 1000)
+            access_logger.info("%s %s %s %d %d %.1fms", client or self.client_address[0], method, path, status, sent, (time.monotonic() - started) * 1000)
 
 
 def _too_many_connections() -> RequestError:
@@ -446,10 +454,12 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], app: Callable[[Request], Response], *, idle_timeout: float = 15, max_connections: int = 256, access_log: bool = True,
-                 listen_socket: socket.socket | None = None, reserve: int = 0, reserved_paths: tuple[str, ...] = ()):
+                 listen_socket: socket.socket | None = None, reserve: int = 0, reserved_paths: tuple[str, ...] = (),
+                 trusted_proxies: TrustedProxies | None = None):
         """Bind and listen on ``address``, or serve ``listen_socket``, one already
         listening (a serving process of ``serve --processes N`` shares its parent's).
-        ``reserve`` connections past ``max_connections`` serve ``reserved_paths`` only."""
+        ``reserve`` connections past ``max_connections`` serve ``reserved_paths`` only.
+        ``trusted_proxies``: peers whose Forwarded / X-Forwarded-* headers are believed."""
         if not idle_timeout > 0:
             raise ValueError("idle_timeout must be positive")
         if max_connections < 1:
@@ -460,6 +470,7 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.access_log = access_log
         self.reserve = reserve
         self.reserved_paths = frozenset(reserved_paths)
+        self.trusted_proxies = trusted_proxies
         self._connections_lock = threading.Lock()  # guards _connections and _open_sockets
         self._connections = 0
         self._open_sockets: set[socket.socket] = set()
