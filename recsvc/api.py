@@ -20,6 +20,7 @@ import time
 import urllib.parse
 from typing import Callable
 
+from . import __version__
 from .cache import RecordingCache
 from .clock import Clock, iso_utc, wait_seconds
 from .counter import CounterError
@@ -33,7 +34,7 @@ from .media import Conditions, plan_response, strong_etag
 from .metrics import Metrics
 from .openapi import openapi_document
 from .routes import ROUTES, Matched, MethodNotAllowed, Route, match
-from .static_files import PAGES, StaticFiles
+from .static_files import PAGES, StaticFiles, plain_index
 from .service import PlayResult, RecordingService, TwilioAccountTaken, retry_after_for, valid_call_sid
 from .settings import Settings
 from .store import StoreBusy
@@ -204,6 +205,7 @@ class Api:
         # The other serving processes' metrics families (serve --processes N; recsvc.prefork).
         self.peer_metrics: Callable[[], list] = list
         self.static = StaticFiles()
+        self._plain_index = plain_index(__version__)
 
     def mount(self, route: Route) -> None:
         """Add a route whose handlers are callables (the demo's drills use this)."""
@@ -506,7 +508,10 @@ class Api:
         return json_response(503, {"status": "not_ready", "reason": reason})
 
     def static_page(self, request: Request, name: str | None = None) -> Response:
-        asset = self.static.get(name if name is not None else PAGES.get(request.path, ""))
+        if name is None and request.path == "/" and self._admin_token is None:
+            asset = self._plain_index  # CONTRACT 6: no admin token, no demo page
+        else:
+            asset = self.static.get(name if name is not None else PAGES.get(request.path, ""))
         if asset is None:
             raise ApiError(404, "not_found", "No such resource.")
         body, content_type, etag = asset

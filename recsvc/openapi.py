@@ -230,7 +230,8 @@ def _paths() -> dict:
             "content": {"text/plain": {"schema": {"type": "string"}}}}})},
         "/openapi.json": {"get": _op("openapiDocument", "This document.", {"200": {
             "description": "The OpenAPI 3.1 document.", "content": {"application/json": {"schema": {"type": "object"}}}}})},
-        "/": _page("indexPage", "The demo index page."),
+        "/": _page("indexPage", "The demo page when an admin token is set; else a plain index: name, version, "
+                                "links to /player and /openapi.json (CONTRACT 6)."),
         "/player": _page("playerPage", "The browser player."),
         "/player.js": _page("playerScript", "The browser player's script."),
         "/static/{name}": {"get": _op("staticAsset", "A static asset of the player.", {

@@ -53,9 +53,14 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+TOKEN_PREFIX = "rs_"
+
+
 def new_token() -> str:
-    """A business token: 32 random bytes, URL-safe."""
-    return secrets.token_urlsafe(32)
+    """A business token: ``rs_`` and 32 random bytes, URL-safe."""
+    # CONTRACT 6: "rs_" first, so a token never starts with "-" and "--token TOKEN" always
+    # parses; tokens are stored hashed, so tokens issued without the prefix keep working.
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 class TwilioAccountTaken(Exception):
