@@ -99,7 +99,7 @@ def bearer_token(request: Request) -> str | None:
 def read_json_object(request: Request) -> dict:
     try:
         payload = json.loads(request.body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.") from None
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")

@@ -101,3 +101,21 @@ def test_a_twilio_account_of_another_business_is_409_and_stays_where_it_was(svc_
     assert own.status == 200
     holder = h.app.service.twilio_account(account)
     assert (holder.business_id, holder.auth_token) == (first.id, "rotated-token-33")
+
+
+@pytest.mark.parametrize("method, path", [
+    pytest.param("POST", "/admin/businesses", id="create a business"),
+    pytest.param("PUT", "/admin/businesses/1/twilio", id="register Twilio"),
+])
+def test_json_nested_past_the_stack_is_400_invalid_json(svc_shared, method, path):
+    answer = svc_shared.request(method, path, token=ADMIN_TOKEN, body=b"[" * 60000)
+
+    assert (answer.status, answer.json["error"]) == (400, "invalid_json")
+
+
+def test_a_call_body_nested_past_the_stack_is_400_invalid_json(svc_shared):
+    business = new_business(svc_shared)
+
+    answer = svc_shared.request("PUT", "/api/calls/CADEEP", token=business.token, body=b'{"a":' * 12000)
+
+    assert (answer.status, answer.json["error"]) == (400, "invalid_json")

@@ -195,7 +195,7 @@ class Fuzzer:
         if "application/json" in content:
             body = json.dumps(self.gen.body(content["application/json"]["schema"])).encode()
             if self.rng.random() < 0.05:
-                body = self.rng.choice([b"{", b"\xff\xfe", b"", b"[1,", b"null"])
+                body = self.rng.choice([b"{", b"\xff\xfe", b"", b"[1,", b"null", b"[" * 60000])
             headers["Content-Type"] = "application/json"
         elif "application/x-www-form-urlencoded" in content:
             schema = resolve(content["application/x-www-form-urlencoded"]["schema"], self.document)
