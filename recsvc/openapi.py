@@ -327,7 +327,7 @@ def _schemas() -> dict:
             "message": _string("An English sentence."),
         }),
         "CallInput": _object(("recording_url",), {"recording_url": {
-            "type": ["string", "null"], "maxLength": 2048,
+            "type": ["string", "null"], "maxLength": 2048, "pattern": "^[!-~]*$",
             "description": "https on an allowed host (http only for loopback); null or empty: no recording."}}, False),
         "Call": _object(("call_sid", "recording_url", "created_at", "cached", "latest_job"), {
             "call_sid": _string("The call.", pattern=CALL_SID_PATTERN), "recording_url": {"type": ["string", "null"]},
@@ -390,10 +390,12 @@ def _parameters() -> dict:
                            "schema": {"type": "string", "pattern": "^[0-9]+$"}},
         "AssetName": {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
         "CallSidQuery": {"name": "call_sid", "in": "query", "required": False,
-                         "schema": {"type": "string", "pattern": CALL_SID_PATTERN}},
+                         "description": "Empty is no filter.",
+                         "schema": {"type": "string", "pattern": "^([A-Za-z0-9_-]{1,64})?$"}},
         "BusinessIdQuery": {"name": "business_id", "in": "query", "required": False,
-                            "description": "ASCII digits (else 400); a value outside 1..2^63-1 is 404 (6).",
-                            "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                            "description": "ASCII digits (else 400); a value outside 1..2^63-1 is 404 (6). "
+                                           "Empty is no filter.",
+                            "schema": {"type": "string", "pattern": "^[0-9]*$"}},
         "Exp": {"name": "exp", "in": "query", "required": False,
                 "description": "Signed link: expiry, Unix seconds (6).", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
         "Sig": {"name": "sig", "in": "query", "required": False,

@@ -46,6 +46,7 @@ HOSTILE = ["", " ", "0", "-1", "00", str(LARGEST_ID), str(LARGEST_ID + 1), "9" *
 HOSTILE_DIGITS = ["0", "00", "-1", "+1", "1.0", " 1", str(LARGEST_ID + 1), "9" * 20, "9" * 400, "\u0661", "\uff11",
                   "\u00b2", "1\u0660", "1e3", "0x10", ""]
 HOSTILE_JSON = [None, True, False, 0, -1, 1.5, 2**63, 2**70, "", "a" * 3000, [], {}, [1, 2], {"a": 1}]
+DIGITS_PATTERNS = ("^[0-9]+$", "^[0-9]*$")
 TEMPLATE_PARAM = re.compile(r"\{(\w+)\}")
 
 
@@ -69,10 +70,10 @@ class Generator:
         pattern = schema.get("pattern", "")
         if name in self.known and self.rng.random() < 0.7:
             return str(self.rng.choice(self.known[name]))
-        if pattern == "^[A-Za-z0-9_-]{1,64}$":
+        if pattern in ("^[A-Za-z0-9_-]{1,64}$", "^([A-Za-z0-9_-]{1,64})?$"):
             return "".join(self.rng.choice(string.ascii_letters + string.digits + "_-")
                            for _ in range(self.rng.choice([1, 5, 34, 64])))
-        if pattern == "^[0-9]+$":
+        if pattern in DIGITS_PATTERNS:
             return str(self.rng.choice([1, 2, 3, self.rng.randint(1, LARGEST_ID)]))
         if pattern.startswith("^AC"):
             return "AC" + "".join(self.rng.choice("0123456789abcdefABCDEF") for _ in range(32))
@@ -120,7 +121,7 @@ class Generator:
 
     def hostile_text(self, schema: dict | None = None) -> str:
         """A strange string; for a digits-only parameter, mostly a number that is not one."""
-        if schema is not None and schema.get("pattern") == "^[0-9]+$" and self.rng.random() < 0.7:
+        if schema is not None and schema.get("pattern") in DIGITS_PATTERNS and self.rng.random() < 0.7:
             return self.rng.choice(HOSTILE_DIGITS)
         return self.rng.choice(HOSTILE)
 
