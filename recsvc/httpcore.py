@@ -54,16 +54,15 @@ import threading
 import time
 from typing import BinaryIO, Callable
 
+from .http_framing import ChunkedBody, body_length
 from .http_protocol import (
     MAX_LINE_BYTES,
     METHODS_WITH_BODY,
-    ChunkedBody,
     FileBody,
     Request,
     RequestError,
     RequestHead,
     Response,
-    body_length,
     head_end,
     json_error,
     parse_header_line,
