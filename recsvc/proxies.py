@@ -145,10 +145,17 @@ class TrustedProxies:
         return 0
 
 
+_OBFUSCATED_NODE = re.compile(r"unknown|_[A-Za-z0-9._-]+")  # RFC 7239 6.2 and 6.3
+
+
 def _client(node: str) -> str:
-    """The client's address without port or brackets; a token such as "unknown" as it is."""
+    """The client's address without port or brackets; "unknown" or an obfuscated name as it is,
+    anything else as "unknown" (it goes into the access log as one field)."""
     address = _address(node)
-    return str(address) if address is not None else node.strip().strip('"')
+    if address is not None:
+        return str(address)
+    node = node.strip().strip('"')
+    return node if _OBFUSCATED_NODE.fullmatch(node) else "unknown"
 
 
 def _scheme(value: str | None) -> str | None:
