@@ -21,6 +21,7 @@ import time
 import urllib.parse
 from typing import Callable
 
+from . import __version__
 from .cache import RecordingCache
 from .clock import Clock, iso_utc, wait_seconds
 from .counter import CounterError
@@ -34,8 +35,8 @@ from .media import Conditions, plan_response, strong_etag
 from .metrics import Metrics
 from .openapi import openapi_document
 from .routes import ROUTES, Matched, MethodNotAllowed, Route, match
-from .static_files import PAGES, StaticFiles
-from .service import PlayResult, RecordingService, retry_after_for, valid_call_sid
+from .static_files import PAGES, StaticFiles, plain_index
+from .service import PlayResult, RecordingService, TwilioAccountTaken, retry_after_for, valid_call_sid
 from .settings import Settings
 from .store import StoreBusy, StoreError, StoreUnavailable
 from .twilio import parse_recording_status, validate_signature
@@ -103,11 +104,54 @@ def bearer_token(request: Request) -> str | None:
 def read_json_object(request: Request) -> dict:
     try:
         payload = json.loads(request.body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.") from None
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
     return payload
+
+
+# CONTRACT 6, "Bad input never gets a 5xx".
+MAX_QUERY_FIELDS = 20
+LARGEST_ID = 2**63 - 1  # ids are SQLite INTEGERs
+NOT_FOUND = ApiError(404, "not_found", "No such resource.")
+
+
+def query_fields(request: Request) -> dict[str, list[str]]:
+    """The request's query fields, percent-decoded, blank ones dropped; more than 20 is 400."""
+    if request.query.count("&") >= MAX_QUERY_FIELDS:  # what parse_qs counts, before it does any work
+        raise ApiError(400, "invalid_request", f"A query may have at most {MAX_QUERY_FIELDS} fields.")
+    return urllib.parse.parse_qs(request.query)
+
+
+def query_number(fields: dict[str, list[str]], name: str) -> int | None:
+    """Query field ``name`` as a whole number, None when absent; 400 unless it is plain ASCII digits.
+
+    A number past 2^63-1 comes back as 2^63, so any range check refuses it
+    without converting thousands of digits."""
+    value = fields.get(name, [None])[0]
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise ApiError(400, "invalid_request", f"{name} must be a whole number in ASCII digits.")
+    return int(value) if len(value.lstrip("0")) <= 19 else LARGEST_ID + 1
+
+
+def query_id(fields: dict[str, list[str]], name: str) -> int | None:
+    """Query field ``name`` as an id, None when absent; 400 unless digits, 404 outside 1..2^63-1."""
+    value = query_number(fields, name)
+    if value is not None and not 1 <= value <= LARGEST_ID:
+        raise NOT_FOUND
+    return value
+
+
+def path_business_id(raw: str) -> int:
+    """A business id from the raw path: 400 unless ASCII digits, 404 outside 1..2^63-1."""
+    if not (raw.isascii() and raw.isdigit()):
+        raise ApiError(400, "invalid_business_id", "business_id must be a whole number.")
+    if len(raw.lstrip("0")) > 19 or not 1 <= int(raw) <= LARGEST_ID:
+        raise NOT_FOUND
+    return int(raw)
 
 
 # A wait longer than any --max-wait; longer numbers are cut to it, not refused.
@@ -166,6 +210,7 @@ class Api:
         # The other serving processes' metrics families (serve --processes N; recsvc.prefork).
         self.peer_metrics: Callable[[], list] = list
         self.static = StaticFiles()
+        self._plain_index = plain_index(__version__)
 
     def mount(self, route: Route) -> None:
         """Add a route whose handlers are callables (the demo's drills use this)."""
@@ -184,7 +229,7 @@ class Api:
             if isinstance(found, MethodNotAllowed):
                 route_name = found.route.name
                 raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here.",
-                               (("Allow", found.route.allow),))
+                               (("Allow", found.allow),))
             if not isinstance(found, Matched):
                 raise ApiError(404, "not_found", "No such resource.")
             route_name = found.route.name
@@ -284,6 +329,7 @@ class Api:
     def _link_business(self, request: Request, call_sid: str) -> int:
         if not valid_call_sid(call_sid):
             raise UNAUTHORIZED
+        query_fields(request)  # only its limit: the signer reads the fields
         candidates = self.service.businesses_with_call(call_sid)
         business_id = self.signer.verify(request.query, call_sid, self.clock(), candidates)
         if business_id is None:
@@ -389,8 +435,7 @@ class Api:
 
     def register_twilio(self, request: Request, business_id: str) -> Response:
         self._admin(request)
-        if not business_id.isdigit():
-            raise ApiError(400, "invalid_business_id", "business_id must be a whole number.")
+        business = path_business_id(business_id)
         payload = read_json_object(request)
         account_sid, auth_token = payload.get("account_sid"), payload.get("auth_token")
         media_format = payload.get("media_format", "wav")
@@ -400,9 +445,14 @@ class Api:
             raise ApiError(400, "invalid_body", "auth_token must be a string of 8 to 256 characters.")
         if media_format not in ("wav", "mp3"):
             raise ApiError(400, "invalid_body", "media_format must be wav or mp3.")
-        if not self.service.register_twilio(int(business_id), account_sid, auth_token, media_format):
+        try:
+            registered = self.service.register_twilio(business, account_sid, auth_token, media_format)
+        except TwilioAccountTaken:
+            raise ApiError(409, "twilio_account_taken",
+                           "This Twilio account is already registered to another business.") from None
+        if not registered:
             raise ApiError(404, "business_not_found", "No such business.")
-        return json_response(200, {"business_id": int(business_id), "account_sid": account_sid,
+        return json_response(200, {"business_id": business, "account_sid": account_sid,
                                    "media_format": media_format})
 
     def twilio_recording_status(self, request: Request) -> Response:
@@ -432,11 +482,13 @@ class Api:
 
     @staticmethod
     def _request_urls(request: Request) -> list[str]:
-        """The URL Twilio requested, as far as this server can tell: the Host header and
-        target, over https (behind a proxy) and over the scheme a proxy names, or plain http."""
-        host = request.header("host") or ""
-        forwarded = (request.header("x-forwarded-proto") or "").split(",")[0].strip().lower()
-        schemes = dict.fromkeys([s for s in (forwarded, "https", "http") if s in ("http", "https")])
+        """The URL Twilio requested, as far as this server can tell: the host and scheme a
+        trusted proxy names (CONTRACT 6, --trusted-proxies), else the Host header, over https
+        and plain http. Headers from a peer that is not a trusted proxy are never read here."""
+        forwarded = request.forwarded
+        host = (forwarded.host if forwarded is not None else None) or request.header("host") or ""
+        named = forwarded.scheme if forwarded is not None else None
+        schemes = dict.fromkeys([s for s in (named, "https", "http") if s])
         return [f"{scheme}://{host}{request.target}" for scheme in schemes]
 
     def pause_workers(self, request: Request) -> Response:
@@ -453,21 +505,18 @@ class Api:
 
     def list_jobs(self, request: Request) -> Response:
         self._admin(request)
-        query = urllib.parse.parse_qs(request.query, max_num_fields=10)
+        query = query_fields(request)
         call_sid = query.get("call_sid", [None])[0]
-        business = query.get("business_id", [None])[0]
+        business = query_id(query, "business_id")
         if call_sid is not None and not valid_call_sid(call_sid):
             raise ApiError(400, "invalid_call_sid", "call_sid must be 1 to 64 letters, digits, '_' or '-'.")
-        if business is not None and not business.isdigit():
-            raise ApiError(400, "invalid_business_id", "business_id must be a whole number.")
-        return json_response(200, {"jobs": self.service.jobs(call_sid, int(business) if business else None)})
+        return json_response(200, {"jobs": self.service.jobs(call_sid, business)})
 
     def retry_counter(self, request: Request, business_id: str, call_sid: str) -> Response:
         self._admin(request)
-        if not business_id.isdigit():
-            raise ApiError(400, "invalid_business_id", "business_id must be a whole number.")
+        business = path_business_id(business_id)
         self._call_sid(call_sid)
-        return json_response(200, self.service.retry_counter(int(business_id), call_sid))
+        return json_response(200, self.service.retry_counter(business, call_sid))
 
     # ------------------------------------------------------------ open
 
@@ -481,7 +530,10 @@ class Api:
         return json_response(503, {"status": "not_ready", "reason": reason})
 
     def static_page(self, request: Request, name: str | None = None) -> Response:
-        asset = self.static.get(name if name is not None else PAGES.get(request.path, ""))
+        if name is None and request.path == "/" and self._admin_token is None:
+            asset = self._plain_index  # CONTRACT 6: no admin token, no demo page
+        else:
+            asset = self.static.get(name if name is not None else PAGES.get(request.path, ""))
         if asset is None:
             raise ApiError(404, "not_found", "No such resource.")
         body, content_type, etag = asset

@@ -28,6 +28,9 @@ from .httpcore import HTTPServer
 from .links import LinkSigner, load_secret
 from .metrics import Metrics
 from .prefork import MetricsExchange
+from .private_files import private_database, private_dir
+from .proxies import TrustedProxies
+from .routes import PROBE_PATHS, PROBE_RESERVE
 from .service import RecordingService
 from .settings import Settings
 from .store import StorageOutage, Store, StoreError
@@ -46,7 +49,8 @@ class App:
         """``process_index``: which of the ``--processes`` this one is (0 = the first)."""
         self.settings = settings
         self.clock = clock
-        os.makedirs(settings.data_dir, exist_ok=True)
+        private_dir(settings.data_dir)  # CONTRACT 6: 0700, the database and secrets in it 0600
+        private_database(os.path.join(settings.data_dir, DATABASE_FILE))
         self.store = Store(os.path.join(settings.data_dir, DATABASE_FILE))
         self.files = RecordingFiles(settings.data_dir)
         self.metrics = Metrics(process=str(process_index) if settings.processes > 1 else None)
@@ -101,7 +105,9 @@ class App:
             self.http = HTTPServer((self.settings.host, self.settings.port), self.api,
                                    idle_timeout=self.settings.idle_timeout,
                                    max_connections=self.settings.max_connections,
-                                   listen_socket=listen_socket)
+                                   listen_socket=listen_socket,
+                                   reserve=PROBE_RESERVE, reserved_paths=PROBE_PATHS,
+                                   trusted_proxies=TrustedProxies(self.settings.trusted_proxies))
             # A short poll interval: shutdown() returns within it (tests stop many apps).
             self._spawn("http", lambda: self.http.serve_forever(poll_interval=0.05))
             self.metrics.add_gauges(self._http_gauges)

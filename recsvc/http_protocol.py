@@ -14,9 +14,12 @@ back:
   (``MAX_LINE_BYTES``, ``MAX_HEADER_LINES``), line by line as the bytes
   arrive, or at once when ``head_end`` finds the whole head already
   received (the common case; one pattern then checks every header line).
-  ``body_length`` and ``wants_keep_alive`` read its framing. Every refusal
-  is a ``RequestError`` that carries the status and code it implies, so the
-  caller only renders ``error.response()`` (CONTRACT 6, "HTTP hygiene").
+  ``wants_keep_alive`` reads its Connection header; the body's framing is
+  ``recsvc.http_framing``'s. ``request_target`` applies RFC 9112 3.2 (one
+  Host on HTTP/1.1; an absolute-form target is served by its path, its
+  authority taking the place of Host). Every refusal is a ``RequestError``
+  that carries the status and code it implies, so the caller only renders
+  ``error.response()`` (CONTRACT 6, "HTTP hygiene").
 - ``render_response`` turns a ``Response`` into head bytes and the body to
   send, framed by Content-Length only, and refuses (ValueError/TypeError)
   one that cannot be sent truthfully. It adds ``Date`` and ``Server`` unless
@@ -35,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable
 
+from .proxies import ForwardedView
+
 __all__ = [
     "Request",
     "Response",
@@ -45,7 +50,7 @@ __all__ = [
     "parse_header_line",
     "RequestHead",
     "head_end",
-    "body_length",
+    "request_target",
     "wants_keep_alive",
     "render_response",
     "MAX_LINE_BYTES",
@@ -67,6 +72,10 @@ _TOKEN = re.compile(_TOKEN_CHARS.encode("ascii"))
 _TOKEN_STR = re.compile(_TOKEN_CHARS)
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*")  # visible ASCII only
+# RFC 9112 3.2.2: an http(s) URI with a host (no userinfo), then a path and/or query, or neither.
+_AUTHORITY_CHARS = r"[A-Za-z0-9\-._~!$&'()*+,;=:%\[\]]"
+_ABSOLUTE_FORM = re.compile(rf"(?i:https?)://({_AUTHORITY_CHARS}+)([/?][\x21-\x7e]*)?".encode("ascii"))
+_HOST_VALUE = re.compile(f"{_AUTHORITY_CHARS}*")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB
 _BAD_VALUE_STR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -115,7 +124,7 @@ class Request:
     """One parsed request, as the app sees it. Nothing in it is decoded."""
 
     method: str  # as sent: methods are case-sensitive
-    target: str  # the raw request-target
+    target: str  # the raw request-target, in origin form (an absolute-form one is cut to its path and query)
     path: str  # raw path before '?', not percent-decoded (CONTRACT 3, row 2)
     query: str = ""  # raw query after '?', '' if none
     version: str = "HTTP/1.1"
@@ -123,6 +132,8 @@ class Request:
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     body: bytes = field(default=b"", repr=False)
     client_address: tuple = ("127.0.0.1", 0)
+    # What a --trusted-proxies peer said about the client (recsvc.proxies); None from anyone else.
+    forwarded: ForwardedView | None = field(default=None, repr=False)
     # True once the peer closed or reset; a held request (CONTRACT 5b) polls it.
     client_gone: Callable[[], bool] = field(default=_never_gone, repr=False, compare=False)
 
@@ -201,8 +212,8 @@ def parse_request_line(line: bytes) -> tuple[str, str, str]:
         raise _bad_request("The request line must end with an HTTP version such as HTTP/1.1.")
     if version not in (b"HTTP/1.0", b"HTTP/1.1"):
         raise RequestError(505, "http_version_not_supported", "Only HTTP/1.0 and HTTP/1.1 are supported.")
-    if not _ORIGIN_FORM.fullmatch(target):
-        raise _bad_request("The request target must be a path starting with '/', in visible ASCII.")
+    if not (_ORIGIN_FORM.fullmatch(target) or _ABSOLUTE_FORM.fullmatch(target)):
+        raise _bad_request("The request target must be a path starting with '/' (or an http URL), in visible ASCII.")
     if method.decode("ascii") not in METHODS:  # 405 for known methods is the app's job
         raise RequestError(501, "not_implemented", "The request method is not implemented.")
     return method.decode("ascii"), target.decode("ascii"), version.decode("ascii")
@@ -288,26 +299,27 @@ class RequestHead:
         raise ValueError("feed_head takes a whole head, through its blank line")
 
 
-def body_length(method: str, headers: Iterable[tuple[str, str]]) -> int:
-    """The request body's length from its framing headers (CONTRACT 6)."""
-    lengths = []
-    for name, value in headers:
-        if name == "transfer-encoding":
-            raise RequestError(400, "unsupported_transfer_encoding", "Transfer-Encoding is not accepted on requests; send Content-Length.")
-        if name == "content-length":
-            lengths.append(value)
-    if not lengths:
-        if method in METHODS_WITH_BODY:
-            raise RequestError(411, "length_required", "This request needs a Content-Length header.")
-        return 0
-    if len(lengths) > 1:  # even equal values: two framings are one too many
-        raise RequestError(400, "bad_content_length", "Content-Length was given more than once.")
-    value = lengths[0]
-    if not (value.isascii() and value.isdigit()):
-        raise RequestError(400, "bad_content_length", "Content-Length must be a non-negative integer.")
-    if len(value.lstrip("0")) > 12 or int(value) > MAX_BODY_BYTES:
-        raise RequestError(413, "body_too_large", f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-    return int(value)
+def request_target(target: str, version: str, headers: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:
+    """RFC 9112 3.2: (origin-form target, headers) of a parsed request line and head.
+
+    An HTTP/1.1 request needs exactly one Host (400 without, or with more);
+    its value must be a host[:port]. An absolute-form target
+    (``http://host/path?q``, which proxies may send) is served by its path
+    and query, and its authority replaces the Host header (3.2.2).
+    """
+    hosts = [value for name, value in headers if name == "host"]
+    if len(hosts) > 1:
+        raise _bad_request("A request must carry one Host header, not several.")
+    if not hosts and version == "HTTP/1.1":
+        raise _bad_request("An HTTP/1.1 request must carry a Host header.")
+    if hosts and not _HOST_VALUE.fullmatch(hosts[0]):
+        raise _bad_request("The Host header must be a host name or address, with an optional port.")
+    if target[:1] == "/":
+        return target, headers
+    absolute = _ABSOLUTE_FORM.fullmatch(target.encode("ascii"))
+    authority, rest = absolute[1].decode("ascii"), (absolute[2] or b"").decode("ascii")
+    origin = rest if rest[:1] == "/" else "/" + rest
+    return origin, [(name, value) for name, value in headers if name != "host"] + [("host", authority)]
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:

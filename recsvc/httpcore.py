@@ -15,7 +15,7 @@ hygiene"). The names of that module the rest of recsvc uses (``Request``,
 these states until one of them says *close*::
 
     IDLE   -- first byte of a request -->  HEAD
-    HEAD   -- blank line -->               BODY   (Content-Length bytes)
+    HEAD   -- blank line -->               BODY   (Content-Length bytes, or chunks)
     BODY   -- all bytes read -->           APP    (the app may take seconds)
     APP    -- Response -->                 WRITE
     WRITE  -- keep-alive -->               IDLE
@@ -36,7 +36,11 @@ close, so the kernel does not reset the connection under the answer.
 
 ``HTTPServer`` accepts, counts connections against ``max_connections`` (the
 next one gets a 503 from the accepting thread itself, without a handler
-thread) and logs one access line per request on ``recsvc.access``.
+thread) and logs one access line per request on ``recsvc.access``. Past
+``max_connections``, ``reserve`` more connections are admitted for the
+``reserved_paths`` alone (CONTRACT 6: health probes are answered when every
+slot is taken): such a connection serves one request, waits at most
+``RESERVE_HEAD_SECONDS`` for it, and answers any other path 503.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import threading
 import time
 from typing import BinaryIO, Callable
 
+from .http_framing import ChunkedBody, body_length
 from .http_protocol import (
     MAX_LINE_BYTES,
     METHODS_WITH_BODY,
@@ -58,14 +63,15 @@ from .http_protocol import (
     RequestError,
     RequestHead,
     Response,
-    body_length,
     head_end,
     json_error,
     parse_header_line,
     parse_request_line,
     render_response,
+    request_target,
     wants_keep_alive,
 )
+from .proxies import TrustedProxies
 
 __all__ = [
     "HTTPServer",
@@ -88,6 +94,7 @@ access_logger = logging.getLogger("recsvc.access")
 _SMALL_BODY_BYTES = 65536  # a bytes body up to this goes out in the head's send
 _CHUNK_BYTES = 65536
 _LINGER_SECONDS = 2.0
+RESERVE_HEAD_SECONDS = 2.0  # how long a reserve connection may take to send its request head
 _LINGER_BYTES = 1 << 20
 
 
@@ -181,6 +188,16 @@ class _Reader:
                 raise too_long()
             self._fill(deadline)
 
+    def read_chunked(self, decoder: ChunkedBody, deadline: float) -> bytes:
+        """A chunked body through ``decoder``; bytes after its end stay for the next request."""
+        while True:
+            used = decoder.feed(self._buffer)
+            del self._buffer[:used]
+            if decoder.done:
+                self._scanned = 0
+                return bytes(decoder.body)
+            self._fill(deadline)
+
     def read_exact(self, count: int, deadline: float) -> bytes:
         while len(self._buffer) < count:
             self._fill(deadline)
@@ -259,13 +276,17 @@ def _close_gracefully(sock: socket.socket, linger: float) -> None:
 class _Connection:
     """Serves the requests of one socket, in order, on the calling thread."""
 
-    def __init__(self, server: HTTPServer, sock: socket.socket, client_address: tuple):
+    def __init__(self, server: HTTPServer, sock: socket.socket, client_address: tuple, reserved: bool = False):
         self.server = server
+        self.reserved = reserved  # admitted past max_connections: one request, to a reserved path only
         self.sock = sock
         self.client_address = client_address
         self.reader = _Reader(sock)
         self.head = RequestHead()  # of the request being read
         self._client_gone = lambda: _peer_gone(sock)
+        # Asked once per connection: only a --trusted-proxies peer's Forwarded headers are read.
+        proxies = server.trusted_proxies
+        self.proxies = proxies if proxies and proxies.trusts(client_address[0]) else None
 
     @property
     def current(self) -> tuple[str, str]:
@@ -290,7 +311,8 @@ class _Connection:
 
     def _serve_one(self) -> bool:
         """Read, answer and write one request; False when the connection ends."""
-        deadline = time.monotonic() + self.server.idle_timeout
+        deadline = time.monotonic() + (min(self.server.idle_timeout, RESERVE_HEAD_SECONDS) if self.reserved
+                                        else self.server.idle_timeout)
         self.reader.mark()
         self.head = RequestHead()
         try:
@@ -306,6 +328,11 @@ class _Connection:
         except RequestError as error:
             self._answer_error(error)
             return False
+        if self.reserved:
+            if request.path not in self.server.reserved_paths:
+                self._answer_error(_too_many_connections())
+                return False
+            keep_alive = False
         started = time.monotonic()
         response = None
         try:
@@ -325,7 +352,9 @@ class _Connection:
         finally:
             # The transport owns the file from here, sent or not (HEAD, 204, 304, errors).
             _close_body(getattr(response, "body", None))
-        self._log_access(request.method, request.path, response.status, sent, started)
+        forwarded = request.forwarded
+        self._log_access(request.method, request.path, response.status, sent, started,
+                         forwarded.client if forwarded is not None and forwarded.client else None)
         return keep_alive and complete
 
     def _read_request(self, deadline: float) -> tuple[Request, bool]:
@@ -337,18 +366,25 @@ class _Connection:
             while not head.feed_line(reader.read_line(deadline, head.too_long)):
                 pass
         method, target, version = head.request_line
-        headers = head.headers
+        length = body_length(method, version, head.headers)
+        target, headers = request_target(target, version, head.headers)
         path, _, query = target.partition("?")
-        length = body_length(method, headers)
         # A body on a method without one: answer, then close, so bytes that
-        # follow are never taken for a second request (CONTRACT 6).
-        keep_alive = wants_keep_alive(version, headers) and (length == 0 or method in METHODS_WITH_BODY)
+        # follow are never taken for a second request (CONTRACT 6). An
+        # HTTP/1.0 message with Transfer-Encoding is faulty framing: close after
+        # it too (RFC 9112 6.1).
+        keep_alive = wants_keep_alive(version, headers) and (length == 0 or (
+            method in METHODS_WITH_BODY and (length is not None or version == "HTTP/1.1")))
         body = b""
-        if length:
+        if length != 0:
             expect = next((v for n, v in headers if n == "expect"), "")
-            if version == "HTTP/1.1" and expect.lower() == "100-continue" and reader.buffered < length:
+            if version == "HTTP/1.1" and expect.lower() == "100-continue" and (length is None or reader.buffered < length):
                 self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = reader.read_exact(length, time.monotonic() + self.server.idle_timeout)
+            body_deadline = time.monotonic() + self.server.idle_timeout
+            if length is None:
+                body = reader.read_chunked(ChunkedBody(), body_deadline)
+            else:
+                body = reader.read_exact(length, body_deadline)
         request = Request(
             method=method,
             target=target,
@@ -358,6 +394,7 @@ class _Connection:
             headers=tuple(headers),
             body=body,
             client_address=self.client_address,
+            forwarded=self.proxies.view(headers) if self.proxies is not None else None,
             client_gone=self._client_gone,
         )
         return request, keep_alive
@@ -392,10 +429,15 @@ class _Connection:
             return sent, False
         return sent, True
 
-    def _log_access(self, method: str, path: str, status: int, sent: int, started: float) -> None:
-        # CONTRACT 6: the path only; a query may hold a link signature. No header values.
+    def _log_access(self, method: str, path: str, status: int, sent: int, started: float, client: str | None = None) -> None:
+        # CONTRACT 6: the path only; a query may hold a link signature. No header values but
+        # the client address a trusted proxy named.
         if self.server.access_log and access_logger.isEnabledFor(logging.INFO):
-            access_logger.info("%s %s %s %d %d %.1fms", self.client_address[0], method, path, status, sent, (time.monotonic() - started) * 1000)
+            access_logger.info("%s %s %s %d %d %.1fms", client or self.client_address[0], method, path, status, sent, (time.monotonic() - started) * 1000)
+
+
+def _too_many_connections() -> RequestError:
+    return RequestError(503, "too_many_connections", "Too many connections; try again shortly.", [("Retry-After", "1")])
 
 
 class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -411,9 +453,12 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], app: Callable[[Request], Response], *, idle_timeout: float = 15, max_connections: int = 256, access_log: bool = True,
-                 listen_socket: socket.socket | None = None):
+                 listen_socket: socket.socket | None = None, reserve: int = 0, reserved_paths: tuple[str, ...] = (),
+                 trusted_proxies: TrustedProxies | None = None):
         """Bind and listen on ``address``, or serve ``listen_socket``, one already
-        listening (a serving process of ``serve --processes N`` shares its parent's)."""
+        listening (a serving process of ``serve --processes N`` shares its parent's).
+        ``reserve`` connections past ``max_connections`` serve ``reserved_paths`` only.
+        ``trusted_proxies``: peers whose Forwarded / X-Forwarded-* headers are believed."""
         if not idle_timeout > 0:
             raise ValueError("idle_timeout must be positive")
         if max_connections < 1:
@@ -422,6 +467,9 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.access_log = access_log
+        self.reserve = reserve
+        self.reserved_paths = frozenset(reserved_paths)
+        self.trusted_proxies = trusted_proxies
         self._connections_lock = threading.Lock()  # guards _connections and _open_sockets
         self._connections = 0
         self._open_sockets: set[socket.socket] = set()
@@ -451,23 +499,30 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def process_request(self, request, client_address):
         with self._connections_lock:
-            admitted = self._connections < self.max_connections
+            admitted = self._connections < self.max_connections + self.reserve
             if admitted:
+                reserved = self._connections >= self.max_connections
                 self._connections += 1
                 self._open_sockets.add(request)
         if not admitted:
             self._refuse(request, client_address)
             return
         try:
-            super().process_request(request, client_address)
+            # socketserver.ThreadingMixIn.process_request, with the reserve flag passed on.
+            thread = threading.Thread(target=self.process_request_thread, args=(request, client_address, reserved),
+                                      daemon=self.daemon_threads)
+            thread.start()
         except BaseException:
             self._release(request)
             raise
 
-    def process_request_thread(self, request, client_address):
+    def process_request_thread(self, request, client_address, reserved: bool = False):
         try:
-            super().process_request_thread(request, client_address)
+            _Connection(self, request, client_address, reserved).serve()
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
+            self.shutdown_request(request)
             self._release(request)
 
     def _release(self, sock: socket.socket) -> None:
@@ -499,8 +554,7 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             logger.warning("refused %d connection(s) with 503: all %d connection slots are in use", self._refused, self.max_connections)
             self._refused = 0
             self._refused_logged_at = now
-        response = json_error(503, "too_many_connections", "Too many connections; try again shortly.", [("Retry-After", "1")])
-        head, body, _ = render_response(response, "GET", "HTTP/1.1", False)
+        head, body, _ = render_response(_too_many_connections().response(), "GET", "HTTP/1.1", False)
         try:
             sock.setblocking(False)  # never let one client stall the accept loop
             sock.send(head + body)
@@ -511,9 +565,6 @@ class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
             pass
         finally:
             sock.close()
-
-    def finish_request(self, request, client_address):
-        _Connection(self, request, client_address).serve()
 
     def shutdown_request(self, request):
         self.close_request(request)  # _Connection already shut down and drained

@@ -16,6 +16,8 @@ import os
 import secrets
 import urllib.parse
 
+from .private_files import PRIVATE_FILE
+
 LINK_LIFETIME = 15 * 60
 SECRET_FILE = "link-secret"
 
@@ -28,6 +30,7 @@ def load_secret(data_dir: str, environ: dict | None = None) -> bytes:
     path = os.path.join(data_dir, SECRET_FILE)
     try:
         with open(path, "rb") as handle:
+            os.fchmod(handle.fileno(), PRIVATE_FILE)  # CONTRACT 6: whatever an older copy left
             secret = handle.read().strip()
         if secret:
             return secret
@@ -35,8 +38,9 @@ def load_secret(data_dir: str, environ: dict | None = None) -> bytes:
         pass
     secret = secrets.token_hex(32).encode("ascii")
     temp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
     with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, PRIVATE_FILE)
         handle.write(secret)
         handle.flush()
         os.fsync(handle.fileno())
@@ -71,9 +75,12 @@ class LinkSigner:
         at least one HMAC is always computed so that a call that exists
         nowhere costs the same as one that exists elsewhere.
         """
-        fields = urllib.parse.parse_qs(query, keep_blank_values=True, max_num_fields=10)
+        try:
+            fields = urllib.parse.parse_qs(query, keep_blank_values=True, max_num_fields=20)
+        except ValueError:  # more fields than any link has
+            return None
         exp, sig = fields.get("exp", []), fields.get("sig", [])
-        if len(exp) != 1 or len(sig) != 1 or not exp[0].isdigit() or len(exp[0]) > 12:
+        if len(exp) != 1 or len(sig) != 1 or not (exp[0].isascii() and exp[0].isdigit()) or len(exp[0]) > 12:
             return None
         expires = int(exp[0])
         given = sig[0].encode("utf-8", "replace")

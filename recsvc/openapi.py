@@ -33,16 +33,20 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "range_not_satisfiable": (416, "The one range asked for lies outside the recording (5)."),
     "invalid_json": (400, "The request body is not a JSON object (6)."),
     "invalid_body": (400, "The JSON body lacks a field or a field has the wrong type (6)."),
-    "invalid_business_id": (400, "business_id is not a whole number (6)."),
+    "invalid_business_id": (400, "business_id in the path is not plain ASCII digits (6)."),
+    "invalid_request": (400, "A query field that must be digits is not plain ASCII digits, or more than 20 query fields (6)."),
+    "twilio_account_taken": (409, "The Twilio account is already registered to another business (6)."),
     "recording_url_not_allowed": (422, "The URL's host is not in allow-upstream, or its scheme is not https (6)."),
-    "not_found": (404, "No such path, or an /admin/* path while no admin token is set (6)."),
+    "not_found": (404, "No such path, an /admin/* path while no admin token is set, or an id outside 1..2^63-1 (6)."),
     "method_not_allowed": (405, "A known path with another method; Allow lists the ones it takes (6)."),
     "not_implemented": (501, "A method other than GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS (6)."),
-    "bad_request": (400, "A malformed request line or header line (6)."),
-    "unsupported_transfer_encoding": (400, "Transfer-Encoding on a request; the connection is closed (6)."),
+    "bad_request": (400, "A malformed request line or header line, or an HTTP/1.1 request without one Host (6)."),
+    "unsupported_transfer_encoding": (501, "A transfer coding other than chunked on a request; the connection is closed (6)."),
+    "bad_framing": (400, "Transfer-Encoding with Content-Length, or chunked named twice; the connection is closed (6)."),
+    "bad_chunked_body": (400, "A malformed chunked request body; the connection is closed (6)."),
     "bad_content_length": (400, "A malformed, negative or doubled Content-Length; the connection is closed (6)."),
-    "length_required": (411, "A PUT or POST without Content-Length (6)."),
-    "body_too_large": (413, "A request body over 64 KiB (6)."),
+    "length_required": (411, "A PUT or POST with neither Content-Length nor a chunked body (6)."),
+    "body_too_large": (413, "A request body over 64 KiB, decoded (6)."),
     "uri_too_long": (414, "A request line over 8 KiB (6)."),
     "header_too_large": (431, "A header line over 8 KiB, or more than 100 header lines (6)."),
     "request_timeout": (408, "The request head did not arrive within the idle timeout (2, --idle-timeout)."),
@@ -59,7 +63,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 
 # Errors the transport or the choke point may answer on any operation.
 TRANSPORT_CODES = ("not_found", "method_not_allowed", "not_implemented", "bad_request", "unsupported_transfer_encoding",
-                   "bad_content_length", "length_required", "body_too_large", "uri_too_long", "header_too_large",
+                   "bad_framing", "bad_chunked_body", "bad_content_length", "length_required", "body_too_large", "uri_too_long", "header_too_large",
                    "request_timeout", "http_version_not_supported", "too_many_connections", "storage_busy",
                    "storage_unavailable", "internal_error")
 
@@ -104,6 +108,7 @@ def _ok(description: str, schema: str, headers: tuple[str, ...] = ()) -> dict:
 
 UNAUTHORIZED = _error("No or wrong credentials (CONTRACT 3 row 1).", "unauthorized", headers=("WWW-Authenticate",))
 ADMIN_OFF = _error("No admin token is set: the admin surface does not exist (CONTRACT 6).", "not_found")
+ADMIN_ID_OR_OFF = _error("business_id outside 1..2^63-1, or no admin token is set (CONTRACT 6).", "not_found")
 BAD_SID = _error("call_sid is not 1 to 64 of [A-Za-z0-9_-] (CONTRACT 3 row 2).", "invalid_call_sid")
 BUSINESS = [{"businessBearer": []}]
 ADMIN = [{"adminBearer": []}]
@@ -135,7 +140,8 @@ def _paths() -> dict:
                 "headers": {name: _header(name) for name in ("ETag", "Last-Modified", "Cache-Control", "Accept-Ranges")}},
         "202": _ok("Processing: ask again after Retry-After (3 rows 9, 10a, 10b). With Prefer: wait=N, held up to "
                    "min(N, max-wait) first (5b).", "Processing", ("Retry-After", "Preference-Applied")),
-        "400": BAD_SID,
+        "400": _error("call_sid is not 1 to 64 of [A-Za-z0-9_-] (3 row 2), or a signed link with more than 20 "
+                      "query fields (6).", "invalid_call_sid", "invalid_request"),
         "401": UNAUTHORIZED,
         "404": _error("No such call, no recording URL, or the upstream has no such recording (3 rows 3, 5, 6).",
                       "call_not_found", "no_recording_url", "recording_not_found_upstream"),
@@ -172,8 +178,9 @@ def _paths() -> dict:
             "registerTwilio", "Register a business's Twilio account; the auth token is stored, never returned.", {
                 "200": _ok("The account, without its auth token.", "TwilioAccount"),
                 "400": _error("Bad business_id or body.", "invalid_business_id", "invalid_json", "invalid_body"),
-                "401": UNAUTHORIZED, "404": _error("No such business, or no admin token is set.",
-                                                   "business_not_found", "not_found")},
+                "401": UNAUTHORIZED, "404": _error("No such business, business_id outside 1..2^63-1, or no admin "
+                                                   "token is set.", "business_not_found", "not_found"),
+                "409": _error("Another business already has this Twilio account.", "twilio_account_taken")},
             security=ADMIN, parameters=("BusinessIdPath",), body="TwilioAccountInput", tag="admin")},
         "/webhooks/twilio/recording-status": {"post": {
             **_op("twilioRecordingStatus", "Twilio's recording-status callback: completed stores the call with "
@@ -186,8 +193,12 @@ def _paths() -> dict:
                   tag="calls"),
             "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
                 "type": "object", "required": ["AccountSid", "CallSid"],
-                "properties": {name: {"type": "string"} for name in (
-                    "AccountSid", "CallSid", "RecordingSid", "RecordingUrl", "RecordingStatus", "RecordingDuration")},
+                "properties": {
+                    **{name: {"type": "string"} for name in ("RecordingSid", "RecordingUrl", "RecordingStatus")},
+                    "AccountSid": {"type": "string", "minLength": 1},
+                    "CallSid": {"type": "string", "pattern": CALL_SID_PATTERN},
+                    "RecordingDuration": {"type": "string", "pattern": "^(-?[0-9]+)?$",
+                                          "description": "Whole seconds, when given; negative means unknown."}},
             }}}},
             "parameters": [{"name": "X-Twilio-Signature", "in": "header", "required": True,
                             "description": "Base64 HMAC-SHA1 of the URL and the sorted form fields.",
@@ -202,14 +213,15 @@ def _paths() -> dict:
             security=ADMIN, tag="admin")},
         "/admin/jobs": {"get": _op("listJobs", "Jobs of a call, newest first, of every business unless one is named.", {
             "200": _ok("The jobs.", "Jobs"),
-            "400": _error("Bad query.", "invalid_call_sid", "invalid_business_id"),
-            "401": UNAUTHORIZED, "404": ADMIN_OFF},
+            "400": _error("Bad query: call_sid, business_id not plain ASCII digits, or more than 20 fields.",
+                          "invalid_call_sid", "invalid_request"),
+            "401": UNAUTHORIZED, "404": ADMIN_ID_OR_OFF},
             security=ADMIN, parameters=("CallSidQuery", "BusinessIdQuery"), tag="admin")},
         "/admin/retry-counters/{business_id}/{call_sid}": {"get": _op(
             "getRetryCounter", "A call's retry counter as Redis has it (CONTRACT 3).", {
                 "200": _ok("The counter; attempts 0 and ttl -2 when the key does not exist.", "RetryCounter"),
                 "400": _error("Bad business_id or call_sid.", "invalid_business_id", "invalid_call_sid"),
-                "401": UNAUTHORIZED, "404": ADMIN_OFF,
+                "401": UNAUTHORIZED, "404": ADMIN_ID_OR_OFF,
                 "503": _error("The counter backend did not answer.", "counter_unavailable", headers=("Retry-After",))},
             security=ADMIN, parameters=("BusinessIdPath", "CallSid"), tag="admin")},
         "/healthz": {"get": _op("healthz", "200 while the process serves.", {"200": _ok("Serving.", "Health")})},
@@ -220,7 +232,8 @@ def _paths() -> dict:
             "content": {"text/plain": {"schema": {"type": "string"}}}}})},
         "/openapi.json": {"get": _op("openapiDocument", "This document.", {"200": {
             "description": "The OpenAPI 3.1 document.", "content": {"application/json": {"schema": {"type": "object"}}}}})},
-        "/": _page("indexPage", "The demo index page."),
+        "/": _page("indexPage", "The demo page when an admin token is set; else a plain index: name, version, "
+                                "links to /player and /openapi.json (CONTRACT 6)."),
         "/player": _page("playerPage", "The browser player."),
         "/player.js": _page("playerScript", "The browser player's script."),
         "/static/{name}": {"get": _op("staticAsset", "A static asset of the player.", {
@@ -290,7 +303,8 @@ def _schemas() -> dict:
         }),
         "TwilioAccountInput": _object(("account_sid", "auth_token"), {
             "account_sid": _string("The Twilio account SID.", pattern="^AC[0-9a-fA-F]{32}$"),
-            "auth_token": _string("The account's auth token; signs webhooks and fetches media."),
+            "auth_token": _string("The account's auth token; signs webhooks and fetches media.", minLength=8,
+                                  maxLength=256),
             "media_format": {"enum": ["wav", "mp3"], "default": "wav"},
         }),
         "TwilioAccount": _object(("business_id", "account_sid", "media_format"), {
@@ -315,7 +329,7 @@ def _schemas() -> dict:
             "message": _string("An English sentence."),
         }),
         "CallInput": _object(("recording_url",), {"recording_url": {
-            "type": ["string", "null"], "maxLength": 2048,
+            "type": ["string", "null"], "maxLength": 2048, "pattern": "^[!-~]*$",
             "description": "https on an allowed host (http only for loopback); null or empty: no recording."}}, False),
         "Call": _object(("call_sid", "recording_url", "created_at", "cached", "latest_job"), {
             "call_sid": _string("The call.", pattern=CALL_SID_PATTERN), "recording_url": {"type": ["string", "null"]},
@@ -326,7 +340,9 @@ def _schemas() -> dict:
         "Jobs": _object(("jobs",), {"jobs": {"type": "array", "items": _ref("schemas", "Job")}}),
         "Link": _object(("url", "expires_at"), {
             "url": _string("/api/recordings/file/{call_sid}?exp=<unix>&sig=<hex>"), "expires_at": TIME}),
-        "BusinessInput": _object(("name",), {"name": _string("1 to 200 characters.", minLength=1, maxLength=200)}),
+        "BusinessInput": _object(("name",), {"name": _string("1 to 200 characters, not only blanks; stored without "
+                                                             "surrounding blanks.", minLength=1, maxLength=200,
+                                                             pattern="\\S")}),
         "Business": _object(("id", "name", "token"), {
             "id": _integer("Business id."), "name": _string("Its name."),
             "token": _string("Its bearer token, shown only here.")}),
@@ -372,12 +388,16 @@ def _parameters() -> dict:
                     "description": "Checked on the raw path, before any percent-decoding (3 row 2).",
                     "schema": {"type": "string", "pattern": CALL_SID_PATTERN}},
         "BusinessIdPath": {"name": "business_id", "in": "path", "required": True,
+                           "description": "ASCII digits (else 400); a value outside 1..2^63-1 is 404 (6).",
                            "schema": {"type": "string", "pattern": "^[0-9]+$"}},
         "AssetName": {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
         "CallSidQuery": {"name": "call_sid", "in": "query", "required": False,
-                         "schema": {"type": "string", "pattern": CALL_SID_PATTERN}},
+                         "description": "Empty is no filter.",
+                         "schema": {"type": "string", "pattern": "^([A-Za-z0-9_-]{1,64})?$"}},
         "BusinessIdQuery": {"name": "business_id", "in": "query", "required": False,
-                            "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                            "description": "ASCII digits (else 400); a value outside 1..2^63-1 is 404 (6). "
+                                           "Empty is no filter.",
+                            "schema": {"type": "string", "pattern": "^[0-9]*$"}},
         "Exp": {"name": "exp", "in": "query", "required": False,
                 "description": "Signed link: expiry, Unix seconds (6).", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
         "Sig": {"name": "sig", "in": "query", "required": False,

@@ -1,5 +1,10 @@
 """The route table and its pure matcher: a path and method to a handler name, or 404/405.
 
+Several patterns may match one path (``/api/recordings/file/link`` is both
+the file of call ``link`` and the link of call ``file``): the first route in
+table order that has the method answers, and 405 lists the methods of all
+of them.
+
 Patterns are matched against the *raw* path, before any percent-decoding,
 so a parameter is exactly the bytes the client sent (CONTRACT 3 row 2 checks
 ``call_sid`` on that raw form). HEAD is allowed wherever GET is.
@@ -54,6 +59,11 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+# CONTRACT 6: answered even when every --max-connections slot is taken, from a reserve of their own.
+PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
+PROBE_RESERVE = 8  # connections past --max-connections that may carry one probe each
+
+
 @dataclass(frozen=True)
 class Matched:
     route: Route
@@ -68,16 +78,25 @@ class NotFound:
 
 @dataclass(frozen=True)
 class MethodNotAllowed:
-    route: Route
+    route: Route  # the first route whose pattern matched, for metrics and logs
+    allow: str  # every method of every route that matched (the Allow header)
 
 
 def match(method: str, raw_path: str, routes: tuple[Route, ...] = ROUTES) -> Matched | NotFound | MethodNotAllowed:
+    """The first route that matches the path and has the method; 405 only when none of the
+    routes matching the path has it (CONTRACT 6: ``POST /api/recordings/file/link`` links the
+    call named ``file``, ``GET`` of the same path plays the call named ``link``)."""
+    without_method: list[Route] = []
     for route in routes:
         found = route.pattern.match(raw_path)
         if found is None:
             continue
         handler = route.handlers.get(method)
         if handler is None:
-            return MethodNotAllowed(route)
+            without_method.append(route)
+            continue
         return Matched(route, handler, found.groupdict())
+    if without_method:
+        allowed = {name for route in without_method for name in route.handlers}
+        return MethodNotAllowed(without_method[0], ", ".join(sorted(allowed)))
     return NotFound()

@@ -58,9 +58,18 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+TOKEN_PREFIX = "rs_"
+
+
 def new_token() -> str:
-    """A business token: 32 random bytes, URL-safe."""
-    return secrets.token_urlsafe(32)
+    """A business token: ``rs_`` and 32 random bytes, URL-safe."""
+    # CONTRACT 6: "rs_" first, so a token never starts with "-" and "--token TOKEN" always
+    # parses; tokens are stored hashed, so tokens issued without the prefix keep working.
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class TwilioAccountTaken(Exception):
+    """The Twilio account is already registered to another business."""
 
 
 @dataclass(frozen=True)
@@ -392,10 +401,16 @@ class RecordingService:
     # ------------------------------------------------------------ Twilio
 
     def register_twilio(self, business_id: int, account_sid: str, auth_token: str, media_format: str) -> bool:
-        """Store a business's Twilio account; False when there is no such business."""
+        """Store a business's Twilio account; False when there is no such business.
+
+        Raises ``TwilioAccountTaken`` when another business already has this account
+        (CONTRACT 6: 409): one account signs for one business only."""
         with self.store.writing() as tx:
             if not tx.business_exists(business_id):
                 return False
+            holder = tx.twilio_account_by_sid(account_sid)
+            if holder is not None and holder.business_id != business_id:
+                raise TwilioAccountTaken(account_sid)
             tx.upsert_twilio_account(account_sid, business_id, auth_token, media_format)
         return True
 

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping
 
+from .proxies import parse_networks
+
 
 class SettingsError(ValueError):
     """A setting was refused at start (CONTRACT 2): the message names the flag."""
@@ -47,6 +49,7 @@ class Settings:
     shutdown_grace: float = 10.0
     log_format: str = "text"
     processes: int = 1
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def liveness_window(self) -> float:
@@ -178,6 +181,7 @@ SETTINGS: tuple[SettingRow, ...] = (
     SettingRow("max_connections", "--max-connections", "RECSVC_MAX_CONNECTIONS", _integer(1), "connections served at once; the next one gets 503"),
     SettingRow("shutdown_grace", "--shutdown-grace", "RECSVC_SHUTDOWN_GRACE", _positive_number, "on SIGTERM, how long in-flight downloads may take to finish"),
     SettingRow("log_format", "--log-format", "RECSVC_LOG_FORMAT", _log_format, "text, or json: one JSON object per line (time, level, logger, message, exception)"),
+    SettingRow("trusted_proxies", "--trusted-proxies", "RECSVC_TRUSTED_PROXIES", parse_networks, "comma list of proxy addresses or CIDRs whose Forwarded / X-Forwarded-* headers are believed; default none"),
     SettingRow("processes", "--processes", "RECSVC_PROCESSES", _integer(1), "serving processes sharing the listening socket (serve only); above 1 needs a shared --counter"),
 )
 

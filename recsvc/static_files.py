@@ -8,6 +8,7 @@ in memory with its ETag, so serving one costs no disk access.
 from __future__ import annotations
 
 import hashlib
+import html
 import importlib.resources
 import re
 import threading
@@ -53,3 +54,16 @@ class StaticFiles:
             return None
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         return body, CONTENT_TYPES[extension], etag
+
+
+def plain_index(version: str) -> tuple[bytes, str, str]:
+    """(body, content type, etag) of ``/`` on a server without an admin token (CONTRACT 6):
+    the service's name and version, and links to the player and the API description. The
+    demo page is the demo's alone."""
+    body = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>recsvc</title></head>\n"
+            f"<body><h1>recsvc</h1><p>Version {html.escape(version)}.</p>\n<ul>\n"
+            f"<li><a href=\"/player\">/player</a>: the browser player</li>\n"
+            f"<li><a href=\"/openapi.json\">/openapi.json</a>: the HTTP API</li>\n"
+            f"</ul></body></html>\n").encode()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    return body, CONTENT_TYPES[".html"], etag

@@ -7,6 +7,7 @@ on 127.0.0.1 and parse the answer just enough to judge it.
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import struct
@@ -77,6 +78,9 @@ def exchange(address: tuple[str, int], data: bytes, timeout: float = 5.0, half_c
                 sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server already answered and closed; read what it said
+        except OSError as exc:  # ENOTCONN from shutdown: the same, seen a moment later
+            if exc.errno != errno.ENOTCONN:
+                raise
         return read_until_closed(sock, timeout)
 
 

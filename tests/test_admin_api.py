@@ -258,12 +258,27 @@ def test_any_other_path_is_404_not_found_with_or_without_credentials(svc_shared,
     pytest.param("PATCH", "/healthz", {"GET", "HEAD"}, id="PATCH /healthz"),
     pytest.param("GET", "/admin/cleanup", {"POST"}, id="GET /admin/cleanup"),
     pytest.param("DELETE", "/admin/jobs", {"GET", "HEAD"}, id="DELETE /admin/jobs"),
+    pytest.param("PUT", "/api/recordings/file/link", {"GET", "HEAD", "POST"}, id="PUT a path two routes match"),
 ])
 def test_a_known_path_with_another_standard_method_is_405_with_allow(svc_shared, method, path, allow):
     answer = svc_shared.request(method, path, body=b"" if method in ("POST", "PUT", "PATCH") else None)
 
     assert answer.status == 405
     assert {m.strip() for m in answer.header("Allow").split(",")} == allow
+
+
+def test_a_call_named_file_gets_a_signed_link_that_plays_it(svc_shared):
+    h = svc_shared
+    acme = new_business(h)
+    call_with_recording(h, acme, "file")
+    cached = play_until_cached(h, acme, "file")
+
+    link = h.request("POST", "/api/recordings/file/link", token=acme.token, body=b"")
+    played = h.request("GET", link.json["url"])
+
+    assert link.status == 200, link.body
+    assert link.json["url"].startswith("/api/recordings/file/file?")
+    assert (played.status, played.body) == (200, cached.body)
 
 
 @pytest.mark.parametrize("path", ["/api/calls/CA1", "/healthz", "/no-such-path"])

@@ -79,15 +79,22 @@ class Fuzzer:
 
     def composed(self) -> bytes:
         line = f"{self.pick(METHODS)} {self.text(self.pick(PATHS))} {self.pick(VERSIONS)}"
-        headers = []
+        headers = ["Host: 127.0.0.1"] if self.rng.random() < 0.8 else []
         for _ in range(self.rng.randrange(6)):
             name, values = self.pick(HEADERS)
             headers.append(f"{name}: {self.text(self.pick(values))}")
         body = ""
         if self.rng.random() < 0.4:
             body = self.text(self.pick(JSON_BODIES))
-            if self.rng.random() < 0.7:
+            framing = self.rng.random()
+            if framing < 0.6:
                 headers.append(f"Content-Length: {len(body.encode('utf-8', 'surrogateescape'))}")
+            elif framing < 0.85:  # CONTRACT 6: a chunked body, in one to three chunks, maybe with a trailer
+                headers.append("Transfer-Encoding: chunked")
+                cuts = sorted(self.rng.randrange(len(body) + 1) for _ in range(2))
+                parts = [part for part in (body[:cuts[0]], body[cuts[0]:cuts[1]], body[cuts[1]:]) if part]
+                body = "".join(f"{len(part.encode('utf-8', 'surrogateescape')):x}\r\n{part}\r\n" for part in parts)
+                body += self.pick(["0\r\n\r\n", "0;ext=1\r\nX-Trailer: t\r\n\r\n", "0\r\n"])
         eol = self.pick(["\r\n", "\r\n", "\n", "\r"])
         data = (eol.join([line, *headers]) + eol + eol + body).encode("utf-8", "surrogateescape")
         if self.rng.random() < 0.2:

@@ -94,7 +94,8 @@ def _smuggled_put(token: str) -> bytes:
     return request_bytes("PUT", f"/api/calls/{SMUGGLED_SID}", token=token, body=b'{"recording_url": null}')
 
 
-@pytest.mark.parametrize("shape", ["body-is-a-request", "leftover-after-body", "chunked-get", "content-length-then-te"])
+@pytest.mark.parametrize("shape", ["body-is-a-request", "leftover-after-body", "chunked-get", "content-length-then-te",
+                                   "te-then-content-length-post", "chunked-with-gzip", "chunk-longer-than-its-size"])
 def test_bytes_after_a_get_never_run_as_a_second_request(svc, shape):
     token = svc.business()
     put = _smuggled_put(token)
@@ -105,12 +106,31 @@ def test_bytes_after_a_get_never_run_as_a_second_request(svc, shape):
     elif shape == "chunked-get":
         chunk = b"%x\r\n" % len(put) + put + b"\r\n0\r\n\r\n"
         data = request_bytes("GET", "/healthz", headers=(("Transfer-Encoding", "chunked"),)) + chunk
-    else:
+    elif shape == "content-length-then-te":
         data = request_bytes("GET", "/healthz", headers=(("Content-Length", "0"), ("Transfer-Encoding", "chunked"))) + put
+    elif shape == "te-then-content-length-post":  # CL.TE / TE.CL: whichever a proxy believed, the PUT is not run
+        data = request_bytes("POST", "/admin/cleanup", headers=(("Transfer-Encoding", "chunked"),
+                                                                ("Content-Length", "3"))) + b"0\r\n\r\n" + put
+    elif shape == "chunked-with-gzip":
+        data = request_bytes("POST", "/admin/cleanup", headers=(("Transfer-Encoding", "gzip, chunked"),)) + b"0\r\n\r\n" + put
+    else:  # a chunk whose data runs past its declared size into a request
+        data = request_bytes("POST", "/admin/cleanup", headers=(("Transfer-Encoding", "chunked"),)) + b"1\r\nx" + put
     raw = exchange(_address(svc), data, half_close=False)
     assert raw.count(b"HTTP/1.1 ") == 1, f"more than one answer came back: {raw!r}"
     assert svc.request("GET", f"/api/calls/{SMUGGLED_SID}", token=token).status == 404, \
         "the smuggled PUT created the call"
+
+
+def test_a_chunked_put_creates_the_call(svc):
+    token = svc.business()
+    body = b'{"recording_url": null}'
+    data = (f"PUT /api/calls/CACHUNK HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    data += b"%x\r\n%s\r\n%x;ext\r\n%s\r\n0\r\nX-Trailer: 1\r\n\r\n" % (5, body[:5], len(body) - 5, body[5:])
+    answer = parse_answer(exchange(_address(svc), data))
+    assert answer.status == 201, answer.raw[:300]
+    assert answer.json["call_sid"] == "CACHUNK"
+    assert svc.request("GET", "/api/calls/CACHUNK", token=token).status == 200
 
 
 @pytest.mark.parametrize("value", ["abc", "1e3", "-1", "+5", "0x10", "5 5", "", "１２"])
@@ -265,8 +285,9 @@ def test_the_connection_after_max_connections_gets_503_and_is_closed(make_harnes
     held = [connect(address) for _ in range(3)]
     try:
         assert wait_until(lambda: svc.app.http.connections == 3, 2)
-        with connect(address) as extra:
+        with connect(address) as extra:  # a reserve slot: it serves health probes only (CONTRACT 6)
             started = time.monotonic()
+            extra.sendall(request_bytes("GET", "/api/calls/CA1"))
             answer = parse_answer(read_until_closed(extra, 2))  # returns only once closed
             assert time.monotonic() - started < 1
         assert answer.status == 503 and answer.json["error"] == "too_many_connections"

@@ -255,17 +255,17 @@ def test_bare_lf_line_endings_are_accepted(client):
 
 def test_headers_are_lowercased_stripped_and_in_order(client):
     c = client()
-    c.send(b"GET / HTTP/1.1\r\nX-One:  1 \t\r\nx-ONE: 2\r\nAuthorization: Bearer t\r\n\r\n")
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-One:  1 \t\r\nx-ONE: 2\r\nAuthorization: Bearer t\r\n\r\n")
     headers = json.loads(c.response()[2])["headers"]
-    assert headers == [["x-one", "1"], ["x-one", "2"], ["authorization", "Bearer t"]]
+    assert headers == [["host", "x"], ["x-one", "1"], ["x-one", "2"], ["authorization", "Bearer t"]]
 
 
 def test_head_sends_no_body_and_keeps_the_apps_content_length(client):
     c = client()
-    c.send(b"HEAD /head-length HTTP/1.1\r\n\r\n")
+    c.send(b"HEAD /head-length HTTP/1.1\r\nHost: x\r\n\r\n")
     status, headers, _ = c.response(head_request=True)
     assert status == 200 and headers["content-length"] == "1234"
-    c.send(b"HEAD / HTTP/1.1\r\n\r\n")  # no length from the app: the one GET would have
+    c.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")  # no length from the app: the one GET would have
     _, headers, _ = c.response(head_request=True)
     assert int(headers["content-length"]) > 0
     c.send(get("/after"))  # any stray body bytes would corrupt this answer
@@ -284,7 +284,7 @@ def test_no_body_statuses_send_no_body(client, status):
 
 def test_expect_100_continue_gets_an_interim_answer(client):
     c = client()
-    c.send(b"PUT /x HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    c.send(b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
     c.sock.settimeout(2)
     interim = c.sock.recv(100)
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -304,7 +304,7 @@ def test_request_line_of_8192_bytes_is_served(client):
     c = client()
     line = request_line_of(8192)
     assert len(line) == 8192
-    c.send(line + b"\r\n\r\n")
+    c.send(line + b"\r\nHost: x\r\n\r\n")
     assert c.response()[0] == 200
 
 
@@ -329,13 +329,13 @@ def header_of(length: int) -> bytes:
 
 def test_header_line_of_8192_bytes_is_served(client):
     c = client()
-    c.send(b"GET / HTTP/1.1\r\n" + header_of(8192) + b"\r\n\r\n")
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + header_of(8192) + b"\r\n\r\n")
     assert c.response()[0] == 200
 
 
 def test_header_line_of_8193_bytes_is_431(client):
     c = client()
-    c.send(b"GET / HTTP/1.1\r\n" + header_of(8193) + b"\r\n\r\n")
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + header_of(8193) + b"\r\n\r\n")
     status, _, body = c.response()
     assert status == 431 and error_code(body) == "header_too_large"
     assert c.is_closed()
@@ -347,14 +347,14 @@ def many_headers(count: int) -> bytes:
 
 def test_100_header_lines_are_fine(client):
     c = client()
-    c.send(b"GET / HTTP/1.1\r\n" + many_headers(100) + b"\r\n")
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + many_headers(99) + b"\r\n")
     status, _, body = c.response()
     assert status == 200 and len(json.loads(body)["headers"]) == 100
 
 
 def test_101_header_lines_are_431(client):
     c = client()
-    c.send(b"GET / HTTP/1.1\r\n" + many_headers(101) + b"\r\n")
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + many_headers(101) + b"\r\n")
     status, _, body = c.response()
     assert status == 431 and error_code(body) == "header_too_large"
     assert c.is_closed()
@@ -362,14 +362,14 @@ def test_101_header_lines_are_431(client):
 
 def test_body_of_64_kib_is_accepted(client):
     c = client()
-    c.send(b"PUT /x HTTP/1.1\r\nContent-Length: 65536\r\n\r\n" + b"b" * 65536)
+    c.send(b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n" + b"b" * 65536)
     status, _, body = c.response()
     assert status == 200 and len(json.loads(body)["body"]) == 65536
 
 
 def test_body_over_64_kib_is_413_without_reading_it(client):
     c = client()
-    c.send(b"PUT /x HTTP/1.1\r\nContent-Length: 65537\r\n\r\n")
+    c.send(b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n")
     status, _, body = c.response()
     assert status == 413 and error_code(body) == "body_too_large"
     assert c.is_closed()
@@ -377,7 +377,7 @@ def test_body_over_64_kib_is_413_without_reading_it(client):
 
 def test_huge_content_length_is_413(client):
     c = client()
-    c.send(b"PUT /x HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
+    c.send(b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
     assert c.response()[0] == 413
 
 
@@ -393,21 +393,197 @@ def test_body_methods_without_content_length_are_411(client, method):
 # ---------------------------------------------------------------- smuggling shapes
 
 
+def chunked(*chunks: bytes, last: bytes = b"0\r\n\r\n") -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + last
+
+
+# RFC 9112 7.1 and CONTRACT 6: a chunked body is decoded; extensions and trailers are ignored.
 @pytest.mark.parametrize(
-    "framing",
+    "framing, body, expected",
     [
-        pytest.param(b"Transfer-Encoding: chunked\r\n", id="te"),
-        pytest.param(b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", id="te-and-cl"),
-        pytest.param(b"Content-Length: 5\r\nTransfer-Encoding: identity\r\n", id="cl-and-te"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", chunked(b"hel", b"lo"), "hello", id="two-chunks"),
+        pytest.param(b"Transfer-Encoding: Chunked\r\n", chunked(b"hello"), "hello", id="coding-name-any-case"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"0\r\n\r\n", "", id="empty-body"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"5;name=value;flag\r\nhello\r\n0;x=\"q\"\r\n\r\n", "hello",
+                     id="extensions-ignored"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", chunked(b"hello", last=b"0\r\nX-Sum: 1\r\nX-B: 2\r\n\r\n"), "hello",
+                     id="trailers-ignored"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"00005\r\nhello\r\n000\r\n\r\n", "hello", id="leading-zeros"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"A\r\n0123456789\r\n0\r\n\r\n", "0123456789", id="upper-hex"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", chunked(b"x" * 65536), "x" * 65536, id="exactly-64-kib"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", chunked(*[b"x"] * 300), "x" * 300, id="many-small-chunks"),
     ],
 )
-def test_transfer_encoding_is_400_and_closes(client, app, framing):
+def test_a_chunked_body_is_decoded_and_the_connection_stays_open(client, app, framing, body, expected):
     c = client()
-    c.send(b"POST /x HTTP/1.1\r\n" + framing + b"\r\n5\r\nhello\r\n0\r\n\r\n")
-    status, _, body = c.response()
-    assert status == 400 and error_code(body) == "unsupported_transfer_encoding"
+    c.send(b"POST /x HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n" + body + get("/after"))
+    status, headers, answer = c.response()
+    assert status == 200 and json.loads(answer)["body"] == expected
+    assert "close" not in headers.get("connection", "")
+    assert json.loads(c.response()[2])["path"] == "/after", "the bytes after the last chunk are the next request"
+    assert [r.path for r in app.requests] == ["/x", "/after"]
+
+
+def test_a_chunked_body_sent_byte_by_byte_is_decoded(client, app):
+    c = client()
+    c.send(b"PUT /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for byte in chunked(b"hel", b"lo", last=b"0\r\nT: 1\r\n\r\n"):
+        c.send(bytes([byte]))
+        time.sleep(0.001)
+    status, _, answer = c.response()
+    assert status == 200 and json.loads(answer)["body"] == "hello"
+
+
+def test_a_chunked_body_with_expect_100_continue_gets_100_first(client):
+    c = client()
+    c.send(b"PUT /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+    assert c.response()[0] == 100
+    c.send(chunked(b"hello"))
+    status, _, answer = c.response()
+    assert status == 200 and json.loads(answer)["body"] == "hello"
+
+
+# The smuggling shapes and every other framing refusal (CONTRACT 6): each is refused before
+# the app runs, and the connection closes, so nothing after it is read as a request.
+@pytest.mark.parametrize(
+    "framing, body, status, code",
+    [
+        pytest.param(b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", chunked(b"hello"), 400, "bad_framing",
+                     id="te-and-cl"),
+        pytest.param(b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", chunked(b"hello"), 400, "bad_framing",
+                     id="cl-and-te"),
+        pytest.param(b"Content-Length: 5\r\nTransfer-Encoding: identity\r\n", b"hello", 400, "bad_framing",
+                     id="cl-and-te-identity"),
+        pytest.param(b"Transfer-Encoding: chunked, chunked\r\n", chunked(b"hello"), 400, "bad_framing", id="chunked-twice"),
+        pytest.param(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", chunked(b"hello"), 400,
+                     "bad_framing", id="chunked-on-two-lines"),
+        pytest.param(b"Transfer-Encoding: chunked,\r\n", chunked(b"hello"), 400, "bad_framing", id="empty-list-element"),
+        pytest.param(b"Transfer-Encoding:\r\n", b"hello", 400, "bad_framing", id="empty-te"),
+        pytest.param(b"Transfer-Encoding: identity\r\n", b"hello", 501, "unsupported_transfer_encoding", id="identity"),
+        pytest.param(b"Transfer-Encoding: gzip, chunked\r\n", chunked(b"hello"), 501, "unsupported_transfer_encoding",
+                     id="gzip-then-chunked"),
+        pytest.param(b"Transfer-Encoding: chunked, gzip\r\n", chunked(b"hello"), 501, "unsupported_transfer_encoding",
+                     id="chunked-not-last"),
+        pytest.param(b"Transfer-Encoding: xchunked\r\n", chunked(b"hello"), 501, "unsupported_transfer_encoding",
+                     id="lookalike-coding"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", chunked(b"x" * 65537), 413, "body_too_large", id="over-64-kib"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", chunked(*[b"x" * 30000] * 3), 413, "body_too_large",
+                     id="over-64-kib-in-chunks"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"fffffffffffffffff\r\n", 400, "bad_chunked_body",
+                     id="size-over-16-hex-digits"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"ffffffffffffffff\r\n", 413, "body_too_large", id="huge-size"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"-5\r\nhello\r\n0\r\n\r\n", 400, "bad_chunked_body",
+                     id="negative-size"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"0x5\r\nhello\r\n0\r\n\r\n", 400, "bad_chunked_body",
+                     id="0x-prefix"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b" 5\r\nhello\r\n0\r\n\r\n", 400, "bad_chunked_body",
+                     id="space-before-size"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"\r\nhello\r\n0\r\n\r\n", 400, "bad_chunked_body",
+                     id="empty-size"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"5\nhello\r\n0\r\n\r\n", 400, "bad_chunked_body",
+                     id="bare-lf-after-size"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"5\r\nhelloXX0\r\n\r\n", 400, "bad_chunked_body",
+                     id="data-longer-than-size"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\n0\r\n\r\n", 400, "bad_chunked_body",
+                     id="bare-lf-after-data"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n", 400,
+                     "bad_request", id="malformed-trailer"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n" + b"T: 1\r\n" * 101 + b"\r\n", 431,
+                     "header_too_large", id="101-trailers"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n", b"5" * 8200 + b"\r\n", 400, "bad_chunked_body",
+                     id="size-line-over-8-kib"),
+    ],
+)
+def test_bad_framing_is_refused_and_closes(client, app, framing, body, status, code):
+    c = client()
+    c.send(b"POST /x HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n" + body + get("/smuggled"))
+    answer_status, _, answer = c.response()
+    assert (answer_status, error_code(answer)) == (status, code)
     assert c.is_closed()
     assert app.requests == []
+
+
+def test_a_chunked_body_cut_short_is_never_run(make_server, app):
+    server = make_server(app, idle_timeout=0.5)
+    c = Client(server)
+    c.send(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+    status, _, answer = c.response()
+    assert (status, error_code(answer)) == (408, "request_timeout")
+    assert app.requests == []
+
+
+def test_a_chunked_get_is_answered_then_closed(client, app):
+    c = client()
+    c.send(b"GET /first HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(get("/second")) + get("/third"))
+    status, headers, _ = c.response()
+    assert status == 200 and headers["connection"] == "close"
+    assert c.is_closed()
+    assert [r.path for r in app.requests] == ["/first"]
+
+
+def test_an_http_1_0_chunked_body_is_decoded_then_the_connection_closes(client, app):
+    c = client()
+    c.send(b"POST /x HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(b"hi"))
+    status, headers, answer = c.response()
+    assert status == 200 and json.loads(answer)["body"] == "hi"
+    assert c.is_closed()
+
+
+# ---------------------------------------------------------------- Host and absolute-form (RFC 9112 3.2)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"GET / HTTP/1.1\r\n\r\n", id="no-host"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", id="two-different-hosts"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", id="two-equal-hosts"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", id="space-in-host"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", id="slash-in-host"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n", id="userinfo-in-host"),
+        pytest.param(b"GET http://a/x HTTP/1.1\r\n\r\n", id="absolute-form-without-host"),
+        pytest.param(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", id="http-1.0-with-two-hosts"),
+        pytest.param(b"GET http://user@a/x HTTP/1.1\r\nHost: a\r\n\r\n", id="absolute-form-with-userinfo"),
+        pytest.param(b"GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", id="absolute-form-without-authority"),
+        pytest.param(b"GET ftp://a/x HTTP/1.1\r\nHost: a\r\n\r\n", id="absolute-form-not-http"),
+    ],
+)
+def test_a_request_without_exactly_one_valid_host_is_400_and_closes(client, app, head):
+    c = client()
+    c.send(head)
+    status, _, body = c.response()
+    assert status == 400 and error_code(body) == "bad_request"
+    assert c.is_closed()
+    assert app.requests == []
+
+
+def test_an_http_1_0_request_needs_no_host(client, app):
+    c = client()
+    c.send(b"GET /ten HTTP/1.0\r\n\r\n")
+    assert c.response()[0] == 200
+    assert [r.path for r in app.requests] == ["/ten"]
+
+
+@pytest.mark.parametrize(
+    "target, path, query, host",
+    [
+        pytest.param("http://example.com/x/y?a=1", "/x/y", "a=1", "example.com", id="path-and-query"),
+        pytest.param("HTTP://Example.com:8080/x", "/x", "", "Example.com:8080", id="scheme-any-case-and-port"),
+        pytest.param("https://[::1]:8443/x", "/x", "", "[::1]:8443", id="ipv6-authority"),
+        pytest.param("http://example.com", "/", "", "example.com", id="no-path"),
+        pytest.param("http://example.com?q", "/", "q", "example.com", id="query-without-path"),
+    ],
+)
+def test_an_absolute_form_target_is_served_by_its_path(client, app, target, path, query, host):
+    c = client()
+    c.send(f"GET {target} HTTP/1.1\r\nHost: other\r\n\r\n".encode() + get("/next"))
+    status, headers, body = c.response()
+    seen = json.loads(body)
+    assert status == 200 and (seen["path"], seen["query"]) == (path, query)
+    assert seen["target"] == path + (f"?{query}" if query else "")
+    assert ["host", host] in seen["headers"] and ["host", "other"] not in seen["headers"], \
+        "the target's authority replaces Host (RFC 9112 3.2.2)"
+    assert json.loads(c.response()[2])["path"] == "/next"
 
 
 @pytest.mark.parametrize(
@@ -424,7 +600,7 @@ def test_transfer_encoding_is_400_and_closes(client, app, framing):
 )
 def test_bad_content_length_is_400_and_closes(client, app, framing):
     c = client()
-    c.send(b"POST /x HTTP/1.1\r\n" + framing + b"\r\nhello")
+    c.send(b"POST /x HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\nhello")
     status, _, body = c.response()
     assert status == 400 and error_code(body) == "bad_content_length"
     assert c.is_closed()
@@ -433,7 +609,7 @@ def test_bad_content_length_is_400_and_closes(client, app, framing):
 
 def test_bytes_after_a_body_are_read_as_the_next_request(client, app):
     c = client()
-    c.send(b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloXGET /y HTTP/1.1\r\n\r\n")
+    c.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloXGET /y HTTP/1.1\r\nHost: x\r\n\r\n")
     status, _, body = c.response()
     assert status == 200 and json.loads(body)["body"] == "hello"
     status, _, body = c.response()  # "XGET" is a method nobody implements
@@ -444,7 +620,7 @@ def test_bytes_after_a_body_are_read_as_the_next_request(client, app):
 @pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE", "OPTIONS"])
 def test_body_on_a_bodyless_method_is_answered_then_closed(client, app, method):
     c = client()
-    c.send(f"{method} /first HTTP/1.1\r\nContent-Length: 22\r\n\r\n".encode() + b"GET /second HTTP/1.1\r\n\r\n")
+    c.send(f"{method} /first HTTP/1.1\r\nHost: x\r\nContent-Length: 22\r\n\r\n".encode() + b"GET /second HTTP/1.1\r\n\r\n")
     status, headers, _ = c.response(head_request=method == "HEAD")
     assert status == 200 and headers["connection"] == "close"
     assert c.is_closed()
@@ -454,7 +630,7 @@ def test_body_on_a_bodyless_method_is_answered_then_closed(client, app, method):
 
 def test_get_with_body_and_a_second_request_in_one_packet_runs_only_the_first(client, app):
     c = client()
-    c.send(b"GET /first HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcdGET /second HTTP/1.1\r\n\r\n")
+    c.send(b"GET /first HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcdGET /second HTTP/1.1\r\nHost: x\r\n\r\n")
     assert c.response()[0] == 200
     assert c.is_closed()
     assert [r.path for r in app.requests] == ["/first"]
@@ -467,23 +643,22 @@ def test_get_with_body_and_a_second_request_in_one_packet_runs_only_the_first(cl
     "head",
     [
         pytest.param(b"GET /\r\n\r\n", id="http-0.9"),
-        pytest.param(b"GET  / HTTP/1.1\r\n\r\n", id="double-space"),
+        pytest.param(b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", id="double-space"),
         pytest.param(b"GET / HTTP/1.1 \r\n\r\n", id="trailing-space"),
-        pytest.param(b"GET\t/ HTTP/1.1\r\n\r\n", id="tab"),
+        pytest.param(b"GET\t/ HTTP/1.1\r\nHost: x\r\n\r\n", id="tab"),
         pytest.param(b"GET / HTTP/11\r\n\r\n", id="bad-version"),
         pytest.param(b"GET / http/1.1\r\n\r\n", id="lowercase-version"),
-        pytest.param(b"G(T / HTTP/1.1\r\n\r\n", id="method-not-token"),
-        pytest.param(b"GET http://example.com/ HTTP/1.1\r\n\r\n", id="absolute-form"),
-        pytest.param(b"OPTIONS * HTTP/1.1\r\n\r\n", id="asterisk-form"),
-        pytest.param(b"GET /caf\xc3\xa9 HTTP/1.1\r\n\r\n", id="non-ascii-target"),
-        pytest.param(b"GET /a\x00b HTTP/1.1\r\n\r\n", id="nul-in-target"),
-        pytest.param(b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", id="header-without-colon"),
-        pytest.param(b"GET / HTTP/1.1\r\nX-A : b\r\n\r\n", id="space-before-colon"),
-        pytest.param(b"GET / HTTP/1.1\r\n: b\r\n\r\n", id="empty-header-name"),
-        pytest.param(b"GET / HTTP/1.1\r\nX-A: b\r\n  folded\r\n\r\n", id="obs-fold"),
-        pytest.param(b"GET / HTTP/1.1\r\nX-A: b\x00c\r\n\r\n", id="nul-in-value"),
-        pytest.param(b"GET / HTTP/1.1\r\nX-A: b\rc\r\n\r\n", id="bare-cr-in-value"),
-        pytest.param(b"GET / HTTP/1.1\r\nX-\xe9: b\r\n\r\n", id="non-ascii-header-name"),
+        pytest.param(b"G(T / HTTP/1.1\r\nHost: x\r\n\r\n", id="method-not-token"),
+        pytest.param(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", id="asterisk-form"),
+        pytest.param(b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", id="non-ascii-target"),
+        pytest.param(b"GET /a\x00b HTTP/1.1\r\nHost: x\r\n\r\n", id="nul-in-target"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n", id="header-without-colon"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX-A : b\r\n\r\n", id="space-before-colon"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n: b\r\n\r\n", id="empty-header-name"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n  folded\r\n\r\n", id="obs-fold"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\x00c\r\n\r\n", id="nul-in-value"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\rc\r\n\r\n", id="bare-cr-in-value"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\nX-\xe9: b\r\n\r\n", id="non-ascii-header-name"),
     ],
 )
 def test_malformed_heads_are_400_and_close(client, app, head):
@@ -499,7 +674,7 @@ def test_malformed_heads_are_400_and_close(client, app, head):
 
 def test_transport_errors_on_head_have_no_body(client):
     c = client()
-    c.send(b"HEAD / HTTP/1.1\r\n" + many_headers(101) + b"\r\n")
+    c.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n" + many_headers(101) + b"\r\n")
     status, headers, _ = c.response(head_request=True)
     assert status == 431 and int(headers["content-length"]) > 0
     assert c.is_closed()
@@ -517,7 +692,7 @@ def test_other_http_versions_are_505(client, version):
 @pytest.mark.parametrize("method", [b"BREW", b"get", b"TRACE", b"CONNECT"])
 def test_unknown_methods_are_501(client, method):
     c = client()
-    c.send(method + b" / HTTP/1.1\r\n\r\n")
+    c.send(method + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
     status, _, body = c.response()
     assert status == 501 and error_code(body) == "not_implemented"
     assert c.is_closed()
@@ -525,8 +700,8 @@ def test_unknown_methods_are_501(client, method):
 
 def test_header_values_may_carry_latin1_bytes(client):
     c = client()
-    c.send(b"GET / HTTP/1.1\r\nX-Name: caf\xe9\r\n\r\n")
-    assert json.loads(c.response()[2])["headers"] == [["x-name", "caf\u00e9"]]
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Name: caf\xe9\r\n\r\n")
+    assert json.loads(c.response()[2])["headers"] == [["host", "x"], ["x-name", "caf\u00e9"]]
 
 
 # ---------------------------------------------------------------- idle timeout
@@ -538,7 +713,7 @@ def test_slow_head_is_cut_at_the_deadline_with_408(make_server, client):
     started = time.monotonic()
     c.sock.setblocking(False)
     received = b""
-    for byte in b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 40:
+    for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40:
         try:
             c.sock.send(bytes([byte]))
         except OSError:
@@ -580,7 +755,7 @@ def test_idle_keep_alive_connection_is_closed_after_the_deadline(make_server, cl
 def test_partial_body_then_silence_is_408(make_server, client):
     server = make_server(idle_timeout=0.3)
     c = client(server)
-    c.send(b"PUT /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    c.send(b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
     status, _, body = c.response()
     assert status == 408 and error_code(body) == "request_timeout"
 
@@ -669,7 +844,7 @@ def test_file_bodies_deliver_exact_bytes(client, recording, offset, count):
 @pytest.mark.parametrize("method,count", [("HEAD", 10), ("GET", 0), ("GET", 10)])
 def test_the_transport_closes_response_files(client, app, recording, method, count):
     c = client()
-    c.send(f"{method} /file?offset=0&count={count} HTTP/1.1\r\n\r\n".encode())
+    c.send(f"{method} /file?offset=0&count={count} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     c.response(head_request=method == "HEAD")
     deadline = time.monotonic() + 2
     while not app.opened[0].closed and time.monotonic() < deadline:

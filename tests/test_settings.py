@@ -35,6 +35,7 @@ GOOD = {
     "counter": ("redis://127.0.0.1:6379/2", "redis://127.0.0.1:6379/2"),
     "idle_timeout": ("4.5", 4.5),
     "max_connections": ("10", 10),
+    "trusted_proxies": ("127.0.0.1, 10.0.0.0/8", ("127.0.0.1/32", "10.0.0.0/8")),
     "shutdown_grace": ("2.5", 2.5),
 }
 ROWS = {row.name: row for row in SETTINGS}
@@ -54,7 +55,7 @@ def contract_table() -> list[tuple[str, str, str]]:
 
 def test_every_row_of_the_contract_table_is_a_setting_with_its_flag_and_variable():
     table = contract_table()
-    assert len(table) == 19
+    assert len(table) == 20
     known = {(row.flag, row.env) for row in SETTINGS}
     for flag, env, _default in table:
         assert (flag, env) in known, f"{flag} / {env} of CONTRACT 2 is not a setting"
@@ -64,10 +65,10 @@ def test_every_row_of_the_contract_table_is_a_setting_with_its_flag_and_variable
 def test_default_equals_the_contract_table(flag, env, default):
     row = next(r for r in SETTINGS if r.flag == flag)
     built = load_settings({}, {})
-    if default == "none":
-        expected = None
-    else:
-        expected = row.parse(default.strip("`"))
+    if default == "none":  # no value, or an empty list (--trusted-proxies)
+        assert getattr(built, row.name) in (None, ()) and getattr(Settings(), row.name) == getattr(built, row.name)
+        return
+    expected = row.parse(default.strip("`"))
     assert getattr(built, row.name) == expected
     assert getattr(Settings(), row.name) == expected
 
@@ -88,7 +89,8 @@ def test_setting_is_read_from_its_variable(name):
 def test_a_flag_beats_its_variable(name):
     text, value = GOOD[name]
     env_text = {"admin_token": "a-different-admin-token", "allow_upstream": "example.com",
-                "counter": "memory://", "host": "127.0.0.1", "data_dir": "/elsewhere"}.get(name, "3")
+                "counter": "memory://", "host": "127.0.0.1", "data_dir": "/elsewhere",
+                "trusted_proxies": "::1"}.get(name, "3")
     built = load_settings({name: text}, {ROWS[name].env: env_text})
     assert getattr(built, name) == value
     assert getattr(load_settings({}, {ROWS[name].env: env_text}), name) != value  # the variable alone differs
