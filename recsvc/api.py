@@ -28,6 +28,7 @@ from .decision import (
     RetryRefused, ServeFile, WORKER_NOT_PROCESSING_QUEUE,
 )
 from .http_protocol import FileBody, Request, Response, json_error
+from .job_filters import parse_job_filters
 from .links import LinkSigner
 from .media import Conditions, plan_response, strong_etag
 from .metrics import Metrics
@@ -438,7 +439,13 @@ class Api:
             raise ApiError(400, "invalid_call_sid", "call_sid must be 1 to 64 letters, digits, '_' or '-'.")
         if business is not None and not business.isdigit():
             raise ApiError(400, "invalid_business_id", "business_id must be a whole number.")
-        return json_response(200, {"jobs": self.service.jobs(call_sid, int(business) if business else None)})
+        try:
+            filters = parse_job_filters(query)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+        return json_response(200, {"jobs": self.service.jobs(call_sid, int(business) if business else None,
+                                                             filters.limit, status=filters.status,
+                                                             since=filters.since)})
 
     def retry_counter(self, request: Request, business_id: str, call_sid: str) -> Response:
         self._admin(request)

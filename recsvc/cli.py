@@ -173,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="download workers only, no HTTP, on the same data dir")
     add_setting_flags(worker)
     commands.add_parser("fetch", help="wait for a recording as a player would and save it (see: fetch --help)")
+    commands.add_parser("jobs", help="the jobs, newest first, as a table: from the admin API or the data dir (see: jobs --help)")
     commands.add_parser("conformance", help="check an implementation of the contract from outside (see: conformance --help)")
     return parser
 
@@ -430,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["fetch"]:  # the player on the command line has its own flags (recsvc.fetch)
         from .fetch import main as fetch_main
         return fetch_main(argv[1:])
+    if argv[:1] == ["jobs"]:  # the operator's view of the jobs has its own flags (recsvc.jobs_command)
+        from .jobs_command import main as jobs_main
+        return jobs_main(argv[1:])
     if argv[:1] == ["conformance"]:  # the conformance kit has its own flags (recsvc.conformance)
         from .conformance import main as conformance_main
         return conformance_main(argv[1:])
