@@ -64,6 +64,9 @@ def lesson(demo, tmp_path_factory):
             shot = base64.b64decode(page.send("Page.captureScreenshot", {"format": "png"})["data"])
             path = tmp_path_factory.mktemp("shots") / "fail-fast.png"
             path.write_bytes(shot)
+            # The job tables refresh once a second: read them once they caught up with the players.
+            page.wait_for('![...document.querySelectorAll("tbody tr[data-status]")]'
+                          '.some((tr) => ["queued", "running"].includes(tr.dataset.status))', timeout=15)
             yield {
                 "cards": json.loads(page.evaluate(CARDS_JS)),
                 "banner": page.evaluate("""(() => { const b = document.getElementById("failfast");
