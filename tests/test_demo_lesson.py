@@ -159,15 +159,18 @@ def test_the_page_switches_to_hebrew_right_to_left_and_back(lesson):
         titles: [...document.querySelectorAll("section.scenario h2 > span")].map((s) => s.textContent),
         drills: [...document.querySelectorAll(".drill button")].map((b) => b.textContent),
         lead: document.getElementById("lead").textContent, hash: location.hash,
+        badge: document.querySelector("#scenario-ready .state").textContent,
         pressed: document.getElementById("lang-he").getAttribute("aria-pressed")}))()""")
     assert hebrew["dir"] == "rtl" and hebrew["lang"] == "he" and hebrew["pressed"] == "true"
     assert hebrew["titles"] == [HEBREW[s.key][0] for s in SCENARIOS]
     assert hebrew["drills"] == [label for label, _ in DRILLS_HEBREW.values()]
     assert "רק המקור מזויף" in hebrew["lead"] and "lang=he" in hebrew["hash"]
+    assert hebrew["badge"] == "מנגן", "the player's state is named in Hebrew too"
     page.evaluate('document.getElementById("lang-en").click()')
     english = page.evaluate("""(() => ({dir: document.documentElement.dir,
-        titles: [...document.querySelectorAll("section.scenario h2 > span")].map((s) => s.textContent)}))()""")
-    assert english == {"dir": "ltr", "titles": [s.title for s in SCENARIOS]}
+        titles: [...document.querySelectorAll("section.scenario h2 > span")].map((s) => s.textContent),
+        badge: document.querySelector("#scenario-ready .state").textContent}))()""")
+    assert english == {"dir": "ltr", "titles": [s.title for s in SCENARIOS], "badge": "playing"}
 
 
 def test_the_address_can_open_the_page_in_hebrew(demo):

@@ -59,6 +59,7 @@ const UI = {
       "and its player stopped: a definite answer instead of waiting forever.",
     predicted: (min, max) => ` The settings predict ${min} to ${max} s.`,
     showAnswer: "Show the answer",
+    states: {},   // the player's state names, as the walkthrough writes them
   },
   he: {
     title: "הדגמת recsvc: איך משימת הקלטה נכשלת ומתאוששת",
@@ -87,6 +88,11 @@ const UI = {
       "והנגן שלה עצר: תשובה ברורה במקום המתנה לנצח.",
     predicted: (min, max) => ` ההגדרות צופות ${min} עד ${max} שניות.`,
     showAnswer: "הצג את התשובה",
+    states: {
+      idle: "לא התחיל", waiting: "ממתין", playing: "מנגן", call_not_found: "השיחה לא נמצאה",
+      not_found: "ההקלטה לא נמצאה", worker_offline: "העובד לא זמין", download_failed: "ההורדה נכשלה",
+      server_error: "שגיאת שרת", error: "שגיאה", unavailable: "השרת אינו זמין", timeout: "תם הזמן",
+    },
   },
 };
 
@@ -204,6 +210,7 @@ class ScenarioCard {
       x[key].textContent = t(key);
     }
     x.columns.replaceChildren(...t("jobColumns").map((h) => el("th", {}, h)));
+    this.renderState();
   }
 
   /** fetch, plus a line in the answers panel for every answer to the recording URL. */
@@ -248,8 +255,14 @@ class ScenarioCard {
 
   setState(snapshot) {
     const name = snapshot?.state ?? String(snapshot);
-    this.stateBadge.textContent = name;
     this.stateBadge.dataset.state = name;
+    this.renderState();
+  }
+
+  /** The badge shows the player's state in the page's language; data-state keeps its name. */
+  renderState() {
+    const name = this.stateBadge.dataset.state;
+    this.stateBadge.textContent = t("states")[name] ?? name;
   }
 
   startPlayer() {
