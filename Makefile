@@ -7,6 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+ARGS ?=
 
 .PHONY: test demo serve worker bench pyz clean
 
@@ -20,8 +21,8 @@ $(VENV)/.pytest-installed: | $(VPY)
 test: $(VENV)/.pytest-installed
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
-demo:
-	$(PYTHON) -m recsvc demo
+demo:  # ARGS="--fresh --port 8080": any flag of `recsvc demo`
+	$(PYTHON) -m recsvc demo $(ARGS)
 
 # The single file: python3 dist/recsvc.pyz serve|worker|demo|fetch, from any folder.
 pyz:

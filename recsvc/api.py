@@ -30,6 +30,7 @@ from .decision import (
     RetryRefused, ServeFile, StorageRetry, WORKER_NOT_PROCESSING_QUEUE,
 )
 from .http_protocol import FileBody, Request, Response, json_error
+from .job_filters import parse_job_filters
 from .links import LinkSigner
 from .media import Conditions, plan_response, strong_etag
 from .metrics import Metrics
@@ -510,7 +511,12 @@ class Api:
         business = query_id(query, "business_id")
         if call_sid is not None and not valid_call_sid(call_sid):
             raise ApiError(400, "invalid_call_sid", "call_sid must be 1 to 64 letters, digits, '_' or '-'.")
-        return json_response(200, {"jobs": self.service.jobs(call_sid, business)})
+        try:
+            filters = parse_job_filters(query)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+        return json_response(200, {"jobs": self.service.jobs(call_sid, business, filters.limit, status=filters.status,
+                                                             since=filters.since)})
 
     def retry_counter(self, request: Request, business_id: str, call_sid: str) -> Response:
         self._admin(request)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import threading
 from typing import Callable
 
@@ -41,6 +42,38 @@ from .worker import WorkerPool, recover_orphans
 log = logging.getLogger(__name__)
 
 DATABASE_FILE = "recsvc.sqlite3"
+
+
+class StartError(Exception):
+    """A start-up that cannot go on; its text is the one line the command line prints (exit 2)."""
+
+
+def prepare_data_dir(path: str) -> None:
+    """Make sure ``path`` is a data dir this process can write, creating it only inside a folder that exists.
+
+    A mistyped ``--data-dir`` should be reported, not created with all its
+    missing parents; a read-only one should be named in one line before
+    SQLite or the link secret stumble on it.
+    """
+    absolute = os.path.abspath(path)
+    if not os.path.isdir(absolute):
+        parent = os.path.dirname(absolute)
+        if os.path.exists(absolute):
+            raise StartError(f"--data-dir {path} is not a folder")
+        if not os.path.isdir(parent):
+            raise StartError(f"--data-dir {path}: its parent folder {parent} does not exist (create it first)")
+        try:
+            os.mkdir(absolute, 0o700)
+        except FileExistsError:  # another process made it meanwhile
+            pass
+        except OSError as exc:
+            raise StartError(f"--data-dir {path} cannot be created: {exc.strerror}") from None
+    try:
+        probe, probe_path = tempfile.mkstemp(prefix=".write-check-", dir=absolute)
+        os.close(probe)
+        os.unlink(probe_path)
+    except OSError as exc:
+        raise StartError(f"--data-dir {path} cannot be written: {exc.strerror}") from None
 
 
 class App:
@@ -90,6 +123,19 @@ class App:
         ``serve --processes N`` (recsvc.prefork): it serves that socket and leaves orphan
         recovery and the sweeper to the first process, which runs them for all."""
         first = listen_socket is None
+        if http:
+            # Bound before anything is written: a port in use leaves no worker row behind.
+            self.http = self._listen(listen_socket)
+        try:
+            self._start_parts(http, first)
+        except BaseException:
+            if self.http is not None:  # never served: shutdown() would wait for serve_forever
+                self.http.server_close()
+                self.http = None
+            raise
+        return self
+
+    def _start_parts(self, http: bool, first: bool) -> None:
         if first:
             worker_id = self.pool.worker_id if self.pool else None
             replaced = recover_orphans(self.store, self.files, self.clock, worker_id)
@@ -102,18 +148,22 @@ class App:
         if http:
             if first:
                 self._spawn("sweeper", self._sweep_loop)
-            self.http = HTTPServer((self.settings.host, self.settings.port), self.api,
-                                   idle_timeout=self.settings.idle_timeout,
-                                   max_connections=self.settings.max_connections,
-                                   listen_socket=listen_socket,
-                                   reserve=PROBE_RESERVE, reserved_paths=PROBE_PATHS,
-                                   trusted_proxies=TrustedProxies(self.settings.trusted_proxies))
             # A short poll interval: shutdown() returns within it (tests stop many apps).
             self._spawn("http", lambda: self.http.serve_forever(poll_interval=0.05))
             self.metrics.add_gauges(self._http_gauges)
         if self.exchange is not None:
             self.api.peer_metrics = self.exchange.start().peers
-        return self
+
+    def _listen(self, listen_socket: socket.socket | None) -> HTTPServer:
+        host, port = self.settings.host, self.settings.port
+        try:
+            return HTTPServer((host, port), self.api, idle_timeout=self.settings.idle_timeout,
+                              max_connections=self.settings.max_connections, listen_socket=listen_socket,
+                              reserve=PROBE_RESERVE, reserved_paths=PROBE_PATHS,
+                              trusted_proxies=TrustedProxies(self.settings.trusted_proxies))
+        except OSError as exc:
+            shown = f"[{host}]" if ":" in host else host
+            raise StartError(f"cannot listen on {shown}:{port}: {exc.strerror or exc}") from None
 
     def _job_queued(self) -> None:
         if self.pool is not None:

@@ -22,7 +22,7 @@ import time
 
 from . import __version__
 from .clock import iso_utc
-from .settings import SETTINGS, SettingsError, add_setting_flags, load_settings
+from .settings import SETTINGS, SettingsError, add_setting_flags, load_settings, unknown_variables
 
 log = logging.getLogger("recsvc")
 
@@ -69,8 +69,17 @@ class TextLogFormatter(logging.Formatter):
         return self.default_msec_format % (self._seconds(math.floor(record.created)), record.msecs)
 
 
+# The arguments of recsvc.httpcore's access line, in order, as JSON fields.
+ACCESS_FIELDS = ("client", "method", "path", "status", "bytes", "duration_ms")
+
+
 class JsonLogFormatter(logging.Formatter):
-    """``--log-format json``: one JSON object per line, for log shippers."""
+    """``--log-format json``: one JSON object per line, for log shippers.
+
+    Besides ``time``, ``level``, ``logger`` and ``message``, an access line
+    carries its parts as fields (``ACCESS_FIELDS``), and a record with a
+    ``fields`` dict (the listening line) carries those.
+    """
 
     _encoder = json.JSONEncoder(ensure_ascii=False)  # json.dumps(..., ensure_ascii=False) builds one per call
 
@@ -85,6 +94,12 @@ class JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        elif record.name == "recsvc.access" and isinstance(record.args, tuple) and len(record.args) == len(ACCESS_FIELDS):
+            entry.update(zip(ACCESS_FIELDS, record.args))
+            entry["duration_ms"] = round(entry["duration_ms"], 1)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -158,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="download workers only, no HTTP, on the same data dir")
     add_setting_flags(worker)
     commands.add_parser("fetch", help="wait for a recording as a player would and save it (see: fetch --help)")
+    commands.add_parser("jobs", help="the jobs, newest first, as a table: from the admin API or the data dir (see: jobs --help)")
     commands.add_parser("conformance", help="check an implementation of the contract from outside (see: conformance --help)")
     return parser
 
@@ -173,20 +189,35 @@ def _announce(line: str) -> None:
 _SIGNAL_CHECK_SECONDS = 0.2
 
 
-def _stop_on_signal() -> threading.Event:
-    """SIGINT/SIGTERM set the returned event. Installed before the listening line, so none is missed."""
-    stop = threading.Event()
+class StopSignals:
+    """SIGINT/SIGTERM, counted: the first asks for a graceful stop, a second for a stop at once.
 
-    def on_signal(signum, _frame):
-        stop.set()
+    The handlers only set events; the main thread acts on them within
+    ``_SIGNAL_CHECK_SECONDS``.
+    """
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    return stop
+    def __init__(self):
+        self.stop = threading.Event()
+        self.stop_now = threading.Event()
+
+    def install(self) -> "StopSignals":
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.stop.is_set():
+            self.stop_now.set()
+        self.stop.set()
 
 
-def _wait_for_signal(stop: threading.Event | None = None) -> None:
-    """Return once SIGINT/SIGTERM has set ``stop``.
+def _stop_on_signal() -> StopSignals:
+    """SIGINT/SIGTERM set the returned events. Installed before the listening line, so none is missed."""
+    return StopSignals().install()
+
+
+def _wait_for_signal(signals: StopSignals | None = None) -> None:
+    """Return once SIGINT/SIGTERM has set ``signals.stop``.
 
     Python runs signal handlers in the main thread, between bytecodes. The
     kernel may deliver the signal to any thread; one that lands elsewhere
@@ -194,9 +225,30 @@ def _wait_for_signal(stop: threading.Event | None = None) -> None:
     could hold up the handler, and the stop, for that long (seen: SIGTERM
     ignored while a download thread was busy). Short waits bound that delay.
     """
-    stop = stop if stop is not None else _stop_on_signal()
-    while not stop.wait(_SIGNAL_CHECK_SECONDS):
+    signals = signals if signals is not None else _stop_on_signal()
+    while not signals.stop.wait(_SIGNAL_CHECK_SECONDS):
         pass
+
+
+STOPPED_AT_ONCE = 1  # the exit status after a second signal: downloads were cut short
+
+
+def _stop_gracefully(app, signals: StopSignals) -> bool:
+    """``app.stop()``, unless a second signal comes first: then exit at once, saying so.
+
+    The stop runs in a thread so that the main thread keeps to short waits
+    and sees the second signal within ``_SIGNAL_CHECK_SECONDS``.
+    """
+    result: list[bool] = []
+    stopper = threading.Thread(target=lambda: result.append(app.stop()), name="recsvc-stop", daemon=True)
+    stopper.start()
+    while stopper.is_alive():
+        if signals.stop_now.wait(_SIGNAL_CHECK_SECONDS):
+            _announce("recsvc: second signal: stopping now; downloads still running are left to the "
+                      "orphan rule of the next start")
+            logging.shutdown()
+            os._exit(STOPPED_AT_ONCE)
+    return bool(result and result[0])
 
 
 def _given_flags(args: argparse.Namespace) -> list[str]:
@@ -209,35 +261,87 @@ def _given_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+def _fail(line: str) -> int:
+    """A start-up failure: one line on stderr, exit status 2 (CONTRACT 2)."""
+    _announce(f"recsvc: error: {line}")
+    return 2
+
+
+def _counter_shown(counter: str) -> str:
+    """The counter URL for the start-up line: a Redis password never appears."""
+    if counter.startswith("redis://"):
+        from .redis_counter import parse_redis_url
+        return str(parse_redis_url(counter))
+    return counter
+
+
+def _log_starting(settings, app, http: bool) -> None:
+    """The start-up INFO line: what this process does, with which settings (as fields in JSON)."""
+    fields = {"event": "starting", "version": __version__, "command": "serve" if http else "worker",
+              "data_dir": os.path.abspath(settings.data_dir)}
+    if http:
+        fields["url"] = app.base_url
+    fields["workers"] = settings.workers
+    if http and settings.processes > 1:
+        fields["processes"] = settings.processes
+    fields["counter"] = _counter_shown(settings.counter)
+    if http:
+        fields["admin_api"] = bool(settings.admin_token)
+    parts = [f"data dir {fields['data_dir']}"]
+    if http:
+        parts.append(f"listening on {app.base_url}")
+    parts.append(f"workers {settings.workers}")
+    if "processes" in fields:
+        parts.append(f"processes {settings.processes}")
+    parts.append(f"counter {fields['counter']}")
+    if http:
+        parts.append("admin API " + ("on" if settings.admin_token else "off (no --admin-token)"))
+    log.info("recsvc %s %s: %s", __version__, fields["command"], ", ".join(parts), extra={"fields": fields})
+
+
+def _warn_unknown_variables() -> None:
+    for name, closest in unknown_variables():
+        hint = f" (did you mean {closest}?)" if closest else ""
+        log.warning("ignored unknown environment variable %s%s", name, hint)
+
+
 def run_service(args: argparse.Namespace, http: bool) -> int:
-    from .app import App
+    from .app import App, StartError, prepare_data_dir
 
     child = http and args.listen_fd is not None
     try:
         # A serving process of --processes N answers requests only (recsvc.prefork).
         settings = load_settings(args, workers=0) if child else load_settings(args)
     except SettingsError as exc:
-        print(f"recsvc: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     if not http and settings.workers == 0:
-        print("recsvc: error: --workers must be at least 1 for the worker command, got '0'", file=sys.stderr)
-        return 2
+        return _fail("--workers must be at least 1 for the worker command, got '0'")
     if not http and settings.processes > 1:
-        print("recsvc: error: --processes is for the serve command; start more worker commands instead", file=sys.stderr)
-        return 2
+        return _fail("--processes is for the serve command; start more worker commands instead")
     configure_logging(settings.log_format)
-    stop = _stop_on_signal()  # before the listening line: a signal right after it is not missed
+    if not child:
+        _warn_unknown_variables()
+    signals = _stop_on_signal()  # before the listening line: a signal right after it is not missed
     listen_socket = None
     if child:
         from .prefork import adopt_socket, job_queued_notifier, watch_parent
         listen_socket = adopt_socket(args.listen_fd)
+    app = None
     try:
-        app = App(settings, process_index=args.process_index if child else 0).start(http=http, listen_socket=listen_socket)
-    except OSError as exc:
-        print(f"recsvc: error: cannot start: {exc}", file=sys.stderr)
-        return 1
+        prepare_data_dir(settings.data_dir)
+        app = App(settings, process_index=args.process_index if child else 0)
+        app.start(http=http, listen_socket=listen_socket)
+    except Exception as exc:  # every start-up failure is one line, never a traceback
+        if app is not None:
+            try:
+                app.stop(grace=0)
+            except Exception:
+                log.debug("cleanup after a failed start failed", exc_info=True)
+        if isinstance(exc, StartError):
+            return _fail(str(exc))
+        return _fail(f"cannot start: {getattr(exc, 'strerror', None) or exc} ({type(exc).__name__})")
     if child:
-        watch_parent(args.parent_fd, stop.set, app.waiters.job_ended)
+        watch_parent(args.parent_fd, signals.stop.set, app.waiters.job_ended)
         app.job_queue_listeners.append(job_queued_notifier(args.queued_fd))
     group = None
     if settings.processes > 1 and not child:
@@ -248,15 +352,18 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
         app.job_end_listeners.append(group.job_ended)
     if child:
         log.info("serving process %d ready on %s", args.process_index, app.base_url)
-    elif http:
-        _announce(f"recsvc listening on {app.base_url}")
     else:
-        _announce(f"recsvc worker {app.pool.worker_id} running on {settings.data_dir}")
-    _wait_for_signal(stop)
+        _log_starting(settings, app, http)
+        if http:
+            _announce_listening(settings, app)
+        else:
+            _announce(f"recsvc worker {app.pool.worker_id} running on {settings.data_dir}")
+    _wait_for_signal(signals)
     if group is not None:
         group.stop()
-    log.info("stopping: waiting up to %gs for downloads in flight", settings.shutdown_grace)
-    finished = app.stop()
+    log.info("stopping: waiting up to %gs for downloads in flight (a second signal stops at once)",
+             settings.shutdown_grace)
+    finished = _stop_gracefully(app, signals)
     if group is not None:
         group.wait()
     if not finished:
@@ -264,10 +371,22 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
     return 0
 
 
+def _announce_listening(settings, app) -> None:
+    """CONTRACT 2's listening line; with ``--log-format json``, the same text as one JSON
+    object's message, with the address as fields."""
+    line = f"recsvc listening on {app.base_url}"
+    if settings.log_format == "json":
+        host, port = app.address
+        record = logging.LogRecord("recsvc", logging.INFO, "", 0, "%s", (line,), None)
+        record.fields = {"event": "listening", "url": app.base_url, "host": host, "port": port}
+        line = JsonLogFormatter().format(record)
+    _announce(line)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo_main
-    stop = _stop_on_signal()
-    return demo_main(args, wait_for_signal=lambda: _wait_for_signal(stop))
+    signals = _stop_on_signal()
+    return demo_main(args, wait_for_signal=lambda: _wait_for_signal(signals))
 
 
 # One line per command; parsing stays in _parser().
@@ -312,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["fetch"]:  # the player on the command line has its own flags (recsvc.fetch)
         from .fetch import main as fetch_main
         return fetch_main(argv[1:])
+    if argv[:1] == ["jobs"]:  # the operator's view of the jobs has its own flags (recsvc.jobs_command)
+        from .jobs_command import main as jobs_main
+        return jobs_main(argv[1:])
     if argv[:1] == ["conformance"]:  # the conformance kit has its own flags (recsvc.conformance)
         from .conformance import main as conformance_main
         return conformance_main(argv[1:])

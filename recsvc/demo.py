@@ -3,7 +3,7 @@
 Theory of operation. ``run_demo`` starts an ordinary recsvc (the same App as
 ``serve``) with short timings, plus an embedded ``FakeUpstream`` on loopback
 that serves real WAV tunes (``demo_audio.tune_for``). It creates (or, on a
-re-run, reuses) one demo business and PUTs one call per ``SCENARIOS`` row,
+re-run, reuses) one demo business and PUTs one call per ``SCENARIOS`` row (each run with fresh URLs),
 each pointing at an upstream path scripted to behave as that row says: fast,
 slow, missing, 404, 500, an HTML page instead of audio, or a hang. The
 service decides every answer exactly as in production; only the upstream is
@@ -29,6 +29,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -97,6 +98,16 @@ def _slow_script(settings: Settings, audio: bytes) -> Script:
     return Script(body=audio, chunk_size=chunk, chunk_delay=_slow_seconds(settings) / pauses)
 
 
+def _not_found_delay(settings: Settings) -> float:
+    """Longer than a held request (max-wait), so the first answer is a real 202, and well inside
+    job-timeout and download-timeout, so the job ends as upstream_not_found, never as stuck."""
+    return round(min(settings.max_wait + 1.0, 0.5 * settings.job_timeout, 0.5 * settings.download_timeout), 2)
+
+
+def _not_found_script(settings: Settings, audio: bytes) -> Script:
+    return Script(status=404, body=b"Not Found\n", content_type="text/plain", delay=_not_found_delay(settings))
+
+
 _HTML_PAGE = (b"<!doctype html><html><head><title>Sign in</title></head>"
               b"<body><h1>Please sign in</h1><p>Your session has expired.</p></body></html>\n")
 
@@ -125,9 +136,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "upstream_404", "demo-upstream-404", "Upstream 404", "202, then 404 recording_not_found_upstream",
         "CONTRACT 3, row 6",
-        "The job fails with upstream_not_found because the upstream says the recording does not exist, which "
-        "no retry can change. The next answer is 404 recording_not_found_upstream and the player stops.",
-        lambda settings, audio: Script(status=404, body=b"Not Found\n", content_type="text/plain")),
+        "The upstream takes {not_found_delay:g} s to say that the recording does not exist, longer than a request "
+        "is held (max-wait {max_wait:g} s), so the first answer is 202. The job then fails with "
+        "upstream_not_found, which no retry can change: the next answer is 404 recording_not_found_upstream "
+        "and the player stops.",
+        _not_found_script),
     Scenario(
         "upstream_500", "demo-upstream-500", "Upstream 500", "202s, then 500 recording_download_failed",
         "CONTRACT 3, rows 10b and 10c",
@@ -148,10 +161,52 @@ SCENARIOS: tuple[Scenario, ...] = (
         "CONTRACT 4 (stuck) and rows 8, 10b, 10c",
         "The upstream accepts the request and never answers, so each job stays running until it is older than "
         "job-timeout ({job_timeout:g} s), is marked stuck and costs a retry (rows 8 and 10b). After "
-        "{max_retry_attempts} retries the answer is 500 worker_not_processing_queue (row 10c), in about "
-        "{fail_fast_seconds:g} s instead of never.",
+        "{max_retry_attempts} retries the answer is 500 worker_not_processing_queue (row 10c): after "
+        "{fail_fast_min:g} to {fail_fast_max:g} s instead of never ({max_retry_attempts} + 1 jobs of "
+        "{job_timeout:g} s, each noticed by the player's next request, at most max-wait + Retry-After = "
+        "{poll_seconds:g} s later).",
         lambda settings, audio: Script(body=audio, hang=True)),
 )
+
+# The page in Hebrew (right to left): each scenario's (title, expect, explain), with the same placeholders.
+HEBREW: dict[str, tuple[str, str, str]] = {
+    "ready": (
+        "מוכן מהר", "200 (הבקשה מוחזקת בזכות Prefer: wait), או 202 ואז 200; המנגינה מתנגנת",
+        "הבקשה הראשונה לא מוצאת משימה לכתובת הזו ויוצרת אחת (שורה 10a): התשובה 202 עם Retry-After, או, "
+        "כיוון שהנגן שולח Prefer: wait (סעיף 5b), הבקשה מוחזקת עד שהקובץ מוכן. העובד שומר ומאמת את הקובץ "
+        "תוך רגע, ולכן התשובה 200 עם השמע (שורה 4)."),
+    "slow": (
+        "מקור איטי", "כמה תשובות 202, ואז 200",
+        "המקור שולח את הקובץ בחלקים איטיים במשך כ-{slow_seconds:g} שניות, יותר ממה שבקשה מוחזקת "
+        "(max-wait {max_wait:g} שניות), ולכן המשימה נשארת רצה וכל תשובה היא 202 רגילה שאינה מנצלת ניסיון חוזר "
+        "(שורה 9). היא מסתיימת הרבה לפני job-timeout ({job_timeout:g} שניות): איטית אך לא תקועה, ואז מתנגנת."),
+    "no_url": (
+        "אין כתובת הקלטה", "404 no_recording_url מיד",
+        "השיחה קיימת אך אין לה recording_url, כך שאין למה לחכות. התשובה הראשונה היא 404 no_recording_url "
+        "והנגן עוצר במצב not_found במקום לשאול שוב ושוב."),
+    "upstream_404": (
+        "המקור עונה 404", "202, ואז 404 recording_not_found_upstream",
+        "למקור לוקח {not_found_delay:g} שניות לומר שההקלטה אינה קיימת, יותר ממה שבקשה מוחזקת "
+        "(max-wait {max_wait:g} שניות), ולכן התשובה הראשונה היא 202. אז המשימה נכשלת עם upstream_not_found, "
+        "שאף ניסיון חוזר לא ישנה: התשובה הבאה היא 404 recording_not_found_upstream והנגן עוצר."),
+    "upstream_500": (
+        "המקור עונה 500", "כמה 202, ואז 500 recording_download_failed",
+        "כל משימה נכשלת עם download_failed אחרי 3 בקשות, וכל כישלון עולה ניסיון חוזר אחד מהמונה (שורה 10b, "
+        "Retry-After {recovery_retry_after:g} שניות). אחרי {max_retry_attempts} ניסיונות חוזרים התשובה היא 500 "
+        "recording_download_failed (שורה 10c), עם ה-TTL של המונה כ-Retry-After."),
+    "html": (
+        "המקור עונה בדף HTML", "כמה 202 (invalid_audio), ואז 500 recording_download_failed",
+        "המקור עונה 200 עם דף כניסה, ודף אינטרנט אינו הקלטה, ולכן המשימה נכשלת עם invalid_audio במקום "
+        "להישמר. היא מנוסה שוב כמו כל כישלון ומסתיימת ב-500 recording_download_failed."),
+    "hang": (
+        "המקור נתקע", "כמה 202, תקוע, ניסיון חוזר, ... ואז 500 worker_not_processing_queue",
+        "המקור מקבל את הבקשה ולעולם אינו עונה, ולכן כל משימה נשארת רצה עד שהיא ותיקה מ-job-timeout "
+        "({job_timeout:g} שניות), מסומנת תקועה ועולה ניסיון חוזר (שורות 8 ו-10b). אחרי {max_retry_attempts} "
+        "ניסיונות חוזרים התשובה היא 500 worker_not_processing_queue (שורה 10c): אחרי {fail_fast_min:g} עד "
+        "{fail_fast_max:g} שניות במקום לעולם לא ({max_retry_attempts} + 1 משימות של {job_timeout:g} שניות, "
+        "שכל אחת מהן מתגלה בבקשה הבאה של הנגן, לכל היותר max-wait + Retry-After = {poll_seconds:g} שניות "
+        "אחר כך)."),
+}
 
 DRILLS = (
     {"key": "pause", "label": "Pause workers", "method": "POST", "path": "/admin/workers/pause",
@@ -178,6 +233,27 @@ DRILLS = (
 )
 
 
+# Each drill's (label, explain) in Hebrew.
+DRILLS_HEBREW: dict[str, tuple[str, str]] = {
+    "pause": ("השהיית העובדים",
+              "עובדים מושהים אינם חיים, ולכן שיחה בלי קובץ שמור עונה 500 worker_not_processing_queue "
+              "(reason: no live worker) כבר בבקשה הראשונה. השהו, ואז אפסו שיחה: אף משימה אינה תקועה ואף ניסיון "
+              "חוזר אינו מנוצל, פעימות הלב של העובדים אומרות זאת."),
+    "resume": ("חידוש העובדים",
+               "המשימה שנוצרה בזמן ההשהיה עדיין בתור ורצה ברגע שעובד חוזר. נגנו את השיחה שוב והיא עונה 200 "
+               "בלי שום פעולה של מפעיל."),
+    "hang": ("המקור נתקע",
+             "מעכשיו כל בקשה למקור נתקעת, כמו אצל ספק הקלטות תקוע. אפסו שיחה כלשהי וצפו במשימות שלה "
+             "נתקעות, מנוסות שוב ונכשלות מהר."),
+    "recover": ("המקור מתאושש",
+                "הבקשות התקועות משתחררות וחדשות נענות מיד. שיחה שכבר נכשלה מהר מקבלת סבב חדש אחרי חלון "
+                "ניסיונות שקט, או מיד כשמאפסים אותה."),
+    "cleanup": ("ניקוי עכשיו",
+                "המנקה מסמן כל משימה פעילה תקועה ככושלת בלי לחכות לסבב הבא שלו. הוא לעולם אינו יוצר משימות: "
+                "הבקשה הבאה של השיחה מחליטה על הניסיון החוזר."),
+}
+
+
 def _settings_values(settings: Settings) -> dict:
     s = settings
     return {
@@ -185,9 +261,25 @@ def _settings_values(settings: Settings) -> dict:
         "retry_after": s.retry_after, "recovery_retry_after": s.recovery_retry_after,
         "max_retry_attempts": s.max_retry_attempts, "download_timeout": s.download_timeout,
         "max_wait": s.max_wait, "workers": s.workers, "slow_seconds": round(_slow_seconds(s), 1),
-        # A stuck job is noticed after job-timeout; each retry adds one more (CONTRACT 3, "why row 7 exists").
-        "fail_fast_seconds": round(s.job_timeout * (s.max_retry_attempts + 1) + 2 * s.recovery_retry_after, 1),
+        "not_found_delay": _not_found_delay(s), **fail_fast_window(s),
     }
+
+
+def fail_fast_window(settings: Settings) -> dict:
+    """When the hang scenario's final 500 comes, counted from the player's first request.
+
+    Each of the max-retry-attempts + 1 jobs runs job-timeout before it is
+    stuck (CONTRACT 4). The stuck job is marked, and the next one created,
+    by the player's next request (rows 8, 10b): a held request looks without
+    side effects (5b), so that request comes at most max-wait + Retry-After
+    later. The last stuck job is answered 500 the same way (10c).
+    """
+    s = settings
+    jobs = s.max_retry_attempts + 1
+    # The player clamps Retry-After to 1..10 s (CONTRACT 7).
+    poll = s.max_wait + min(10.0, max(1.0, math.ceil(max(s.retry_after, s.recovery_retry_after))))
+    return {"fail_fast_min": round(jobs * s.job_timeout, 1), "fail_fast_max": round(jobs * (s.job_timeout + poll), 1),
+            "poll_seconds": round(poll, 1)}
 
 
 # ------------------------------------------------------------------ settings and the data dir
@@ -257,8 +349,10 @@ class Demo:
         self.state.update(business_id=self.business_id, business_token=self.token,
                           upstream_port=int(self.upstream.base_url.rsplit(":", 1)[1]))
         self._script_upstream()
+        # Every run starts each call as Reset does, with a fresh URL (its earlier jobs stop counting,
+        # its counter is deleted): a re-run behaves like the first run, whatever the last one left.
         for scenario in SCENARIOS:
-            self.app.service.put_call(self.business_id, scenario.call_sid, self.base_url_of(scenario))
+            self.app.service.put_call(self.business_id, scenario.call_sid, self.fresh_url_of(scenario))
         for route in self.routes():
             self.app.api.mount(route)
 
@@ -281,6 +375,15 @@ class Demo:
 
     def base_url_of(self, scenario: Scenario) -> str | None:
         return None if scenario.script is None else self.upstream.url(self._upstream_path(scenario))
+
+    def fresh_url_of(self, scenario: Scenario) -> str | None:
+        """The scenario's upstream URL with a query no earlier run or reset used."""
+        url = self.base_url_of(scenario)
+        if url is None:
+            return None
+        with self._takes_lock:
+            self._takes += 1
+            return f"{url}?take={int(self.app.clock() * 1000)}-{self._takes}"
 
     def start(self) -> "Demo":
         self.app.start(http=True)
@@ -312,10 +415,12 @@ class Demo:
         scenarios = [{
             "key": s.key, "call_sid": s.call_sid, "title": s.title, "expect": s.expect, "contract": s.contract,
             "explain": s.explain.format(**values),
+            "he": dict(zip(("title", "expect", "explain"), HEBREW[s.key][:2] + (HEBREW[s.key][2].format(**values),))),
         } for s in SCENARIOS]
+        drills = [{**drill, "he": dict(zip(("label", "explain"), DRILLS_HEBREW[drill["key"]]))} for drill in DRILLS]
         return json_response(200, {"business_id": self.business_id, "settings": values,
                                    "upstream_hangs": self.upstream.hang_all,
-                                   "scenarios": scenarios, "drills": list(DRILLS)})
+                                   "scenarios": scenarios, "drills": drills})
 
     def upstream_hang(self, request: Request) -> Response:
         self._require_admin(request)
@@ -335,17 +440,12 @@ class Demo:
         scenario = next((s for s in SCENARIOS if s.call_sid == call_sid), None)
         if scenario is None:
             raise ApiError(404, "not_found", "No such demo call.")
-        url = self.base_url_of(scenario)
-        if url is not None:
-            with self._takes_lock:
-                self._takes += 1
-                url += f"?take={int(self.app.clock() * 1000)}-{self._takes}"
-        _, view = self.app.service.put_call(self.business_id, call_sid, url)
+        _, view = self.app.service.put_call(self.business_id, call_sid, self.fresh_url_of(scenario))
         return json_response(200, view)
 
 
 def _start_upstream(port) -> FakeUpstream:
-    """The fake upstream, on the port of the last run when it is free, so re-PUT URLs stay the same."""
+    """The fake upstream, on the port of the last run when it is free, as a matter of tidiness."""
     if isinstance(port, int) and 0 < port < 65536:
         try:
             return FakeUpstream("127.0.0.1", port).start()

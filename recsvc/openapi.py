@@ -16,6 +16,7 @@ import copy
 import re
 
 from . import __version__
+from .job_filters import MAX_LIMIT as MAX_JOBS, STATUSES as JOB_STATUSES
 from .routes import Route
 
 OPENAPI_VERSION = "3.1.0"
@@ -34,7 +35,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_json": (400, "The request body is not a JSON object (6)."),
     "invalid_body": (400, "The JSON body lacks a field or a field has the wrong type (6)."),
     "invalid_business_id": (400, "business_id in the path is not plain ASCII digits (6)."),
-    "invalid_request": (400, "A query field that must be digits is not plain ASCII digits, or more than 20 query fields (6)."),
+    "invalid_request": (400, "A query field that must be digits is not plain ASCII digits, more than 20 query fields, "
+                             "or a GET /admin/jobs status, limit or since the route does not take (6)."),
     "twilio_account_taken": (409, "The Twilio account is already registered to another business (6)."),
     "recording_url_not_allowed": (422, "The URL's host is not in allow-upstream, or its scheme is not https (6)."),
     "not_found": (404, "No such path, an /admin/* path while no admin token is set, or an id outside 1..2^63-1 (6)."),
@@ -211,12 +213,13 @@ def _paths() -> dict:
         "/admin/cleanup": {"post": _op("cleanup", "Run the stuck-job sweeper now (CONTRACT 4).", {
             "200": _ok("How many jobs were marked failed.", "Cleanup"), "401": UNAUTHORIZED, "404": ADMIN_OFF},
             security=ADMIN, tag="admin")},
-        "/admin/jobs": {"get": _op("listJobs", "Jobs of a call, newest first, of every business unless one is named.", {
+        "/admin/jobs": {"get": _op("listJobs", "Jobs, newest first, of every business unless one is named; filtered by call, status and creation time.", {
             "200": _ok("The jobs.", "Jobs"),
-            "400": _error("Bad query: call_sid, business_id not plain ASCII digits, or more than 20 fields.",
-                          "invalid_call_sid", "invalid_request"),
+            "400": _error("Bad query: call_sid, business_id not plain ASCII digits, status, limit or since not "
+                          "taken, or more than 20 fields.", "invalid_call_sid", "invalid_request"),
             "401": UNAUTHORIZED, "404": ADMIN_ID_OR_OFF},
-            security=ADMIN, parameters=("CallSidQuery", "BusinessIdQuery"), tag="admin")},
+            security=ADMIN, parameters=("CallSidQuery", "BusinessIdQuery", "JobStatusQuery", "JobLimitQuery",
+                                        "JobSinceQuery"), tag="admin")},
         "/admin/retry-counters/{business_id}/{call_sid}": {"get": _op(
             "getRetryCounter", "A call's retry counter as Redis has it (CONTRACT 3).", {
                 "200": _ok("The counter; attempts 0 and ttl -2 when the key does not exist.", "RetryCounter"),
@@ -398,6 +401,17 @@ def _parameters() -> dict:
                             "description": "ASCII digits (else 400); a value outside 1..2^63-1 is 404 (6). "
                                            "Empty is no filter.",
                             "schema": {"type": "string", "pattern": "^[0-9]*$"}},
+        "JobStatusQuery": {"name": "status", "in": "query", "required": False,
+                           "description": "Only jobs of this status; another value is 400 invalid_request.",
+                           "schema": {"type": "string", "enum": list(JOB_STATUSES)}},
+        "JobLimitQuery": {"name": "limit", "in": "query", "required": False,
+                          "description": f"At most this many jobs, newest first (default {MAX_JOBS}); "
+                                         "another value is 400 invalid_request.",
+                          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_JOBS, "default": MAX_JOBS}},
+        "JobSinceQuery": {"name": "since", "in": "query", "required": False,
+                          "description": "Only jobs created at or after this UTC time (2026-11-28T23:16:31Z, "
+                                         "fractions allowed); another form is 400 invalid_request.",
+                          "schema": {"type": "string", "format": "date-time"}},
         "Exp": {"name": "exp", "in": "query", "required": False,
                 "description": "Signed link: expiry, Unix seconds (6).", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
         "Sig": {"name": "sig", "in": "query", "required": False,

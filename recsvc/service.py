@@ -454,9 +454,12 @@ class RecordingService:
             self.on_job_ended(job_id)
         return len(ended)
 
-    def jobs(self, call_sid: str | None, business_id: int | None, limit: int = 200) -> list[dict]:
+    def jobs(self, call_sid: str | None, business_id: int | None, limit: int = 200, *,
+             status: str | None = None, since: float | None = None) -> list[dict]:
         with self.store.reading() as tx:
-            return [job.to_json() for job in tx.jobs_newest_first(call_sid, business_id, limit)]
+            if status is None and since is None:
+                return [job.to_json() for job in tx.jobs_newest_first(call_sid, business_id, limit)]
+            return [job.to_json() for job in tx.jobs_filtered(call_sid, business_id, status, since, limit)]
 
     def retry_counter(self, business_id: int, call_sid: str) -> dict:
         key = retry_key(business_id, call_sid)

@@ -230,3 +230,32 @@ def load_settings(flags: Mapping[str, str | None] | argparse.Namespace,
         raise SettingsError(f"--processes {settings.processes} needs a retry counter the processes share: "
                             "--counter sqlite:// or redis://host:port/db, got memory://")
     return settings
+
+
+# RECSVC_* variables read elsewhere than the settings table: the link secret
+# (recsvc.links), the player's and the kit's defaults (recsvc.fetch,
+# recsvc.conformance), and the test suite's knobs.
+OTHER_VARIABLES = frozenset({
+    "RECSVC_LINK_SECRET", "RECSVC_BASE_URL", "RECSVC_TOKEN",
+    "RECSVC_REQUIRE_EXTERNAL", "RECSVC_FUZZ_SEED", "RECSVC_FUZZ_INPUTS", "RECSVC_KILL_ROUNDS", "RECSVC_KILL_SEED",
+})
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """Each ``RECSVC_*`` variable that nothing reads, with the known name closest to it (or None).
+
+    A misspelled variable would otherwise be ignored without a word; start-up
+    warns about each one by name.
+    """
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = {row.env for row in SETTINGS} | OTHER_VARIABLES
+    # Compared without the common prefix, which would make every pair look alike.
+    suffixes = sorted(name.removeprefix("RECSVC_") for name in known)
+    unknown = []
+    for name in sorted(environ):
+        if name.startswith("RECSVC_") and name not in known:
+            closest = difflib.get_close_matches(name.removeprefix("RECSVC_"), suffixes, n=1, cutoff=0.6)
+            unknown.append((name, "RECSVC_" + closest[0] if closest else None))
+    return unknown

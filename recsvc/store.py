@@ -189,6 +189,11 @@ SQL = {
     "jobs_newest_first": f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} "
                          "WHERE (?1 IS NULL OR j.call_sid = ?1) AND (?2 IS NULL OR j.business_id = ?2) "
                          "ORDER BY j.id DESC LIMIT ?3",
+    # GET /admin/jobs with its filters (recsvc.job_filters).
+    "jobs_filtered": f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} "
+                     "WHERE (?1 IS NULL OR j.call_sid = ?1) AND (?2 IS NULL OR j.business_id = ?2) "
+                     "AND (?3 IS NULL OR j.status = ?3) AND (?4 IS NULL OR j.created_at >= ?4) "
+                     "ORDER BY j.id DESC LIMIT ?5",
     # A new job takes the queue place of the call's previous job, if any, so
     # retries do not make a backlog worse (CONTRACT 3); else a fresh place.
     "insert_job": "INSERT INTO jobs (business_id, call_sid, recording_url, status, attempt, queue_seq, created_at) "
@@ -429,6 +434,10 @@ class Tx:
 
     def jobs_newest_first(self, call_sid: str | None, business_id: int | None, limit: int) -> list[Job]:
         return _jobs(self._all("jobs_newest_first", call_sid, business_id, limit))
+
+    def jobs_filtered(self, call_sid: str | None, business_id: int | None, status: str | None,
+                      since: float | None, limit: int) -> list[Job]:
+        return _jobs(self._all("jobs_filtered", call_sid, business_id, status, since, limit))
 
     def insert_job(self, business_id: int, call_sid: str, url: str, attempt: int, now: float) -> int:
         return self.conn.execute(SQL["insert_job"], (business_id, call_sid, url, attempt, now)).lastrowid

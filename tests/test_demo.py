@@ -195,3 +195,55 @@ def test_fresh_refuses_a_folder_that_is_not_a_data_dir(tmp_path):
     assert done.returncode == 2
     assert "does not look like a recsvc data dir" in done.stderr
     assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_a_rerun_after_a_reset_behaves_like_the_first_run(tmp_path):
+    """Each run starts every call with a fresh URL: nothing an earlier run or a reset left counts."""
+    data = tmp_path / "data"
+    first = start_demo(data)
+    try:
+        assert play(first.base_url, first.token, "demo-slow", max_wait=10)[-1].status == 200
+        assert first.admin("POST", "/demo/calls/demo-slow/reset").status == 200
+        assert play(first.base_url, first.token, "demo-slow", max_wait=10)[-1].status == 200
+        assert first.interrupt() == 0
+    finally:
+        first.kill()
+    again = start_demo(data)
+    try:
+        answers = play(again.base_url, again.token, "demo-slow", max_wait=10)
+        assert answers[0].status == 202 and answers[0].json["attempt"] == 0
+        assert answers[-1].status == 200 and answers[-1].body == tune_for("demo-slow")
+        slow_jobs = jobs(again, "slow")
+        current = [j for j in slow_jobs if j["recording_url"] == slow_jobs[0]["recording_url"]]
+        assert [(j["status"], j["attempt"]) for j in current] == [("completed", 0)]
+        counter = again.admin("GET", f"/admin/retry-counters/{again.business_id}/demo-slow").json
+        assert counter["attempts"] == 0 and counter["ttl"] == -2
+        assert again.interrupt() == 0
+    finally:
+        again.kill()
+
+
+def test_make_demo_passes_args_to_the_demo(tmp_path):
+    """``make demo ARGS="--fresh --port N"``: the flags reach ``recsvc demo``."""
+    import shutil
+    import socket
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "demo.json").write_text("{}")  # --fresh empties it: a data dir that looks like one
+    proc = subprocess.Popen(["make", "-s", "demo", f"PYTHON={sys.executable}",
+                             f"ARGS=--fresh --port {port} --data-dir {data} --admin-token {ADMIN}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": ROOT}, start_new_session=True)
+    try:
+        from conftest import wait_listening
+        assert wait_listening(proc, timeout=20) == f"http://127.0.0.1:{port}"
+        assert request(f"http://127.0.0.1:{port}", "GET", "/demo/scenarios", token=ADMIN).status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(15)

@@ -25,9 +25,9 @@ def read_until_listening(proc: subprocess.Popen, timeout: float = 10) -> tuple[s
         line = proc.stderr.readline().decode()
         if not line:
             break
-        if line.startswith(LISTENING):
-            return line.strip().removeprefix(LISTENING), lines
         lines.append(line)
+        if line.startswith("{") and json.loads(line).get("event") == "listening":
+            return json.loads(line)["url"], lines
     proc.kill()
     raise AssertionError("recsvc did not start listening:\n" + "".join(lines))
 
@@ -50,7 +50,25 @@ def test_json_log_lines_parse_and_name_time_level_logger_message(tmp_path):
     access = [e["message"] for e in entries if e["logger"] == "recsvc.access"]
     assert any(" GET /healthz 200 " in m for m in access), access
     assert any(" GET /no/such/path 404 " in m for m in access), access
+    listening = [e for e in entries if e.get("event") == "listening"]
+    assert len(listening) == 1 and listening[0]["message"] == LISTENING + base_url, listening
     assert not any("secret-value" in line for line in lines), "the query string reached the log"
+
+
+def test_json_access_lines_carry_their_parts_as_fields(tmp_path):
+    proc = spawn_recsvc("serve", tmp_path / "data", "--port", "0", "--log-format", "json")
+    try:
+        base_url, _ = read_until_listening(proc)
+        assert request(base_url, "GET", "/no/such/path?q=1").status == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=15)
+    access = [json.loads(line) for line in rest.decode().splitlines() if '"recsvc.access"' in line]
+    entry = next(e for e in access if e["path"] == "/no/such/path")
+    assert entry["client"] == "127.0.0.1" and entry["method"] == "GET" and entry["status"] == 404
+    assert isinstance(entry["bytes"], int) and entry["bytes"] > 0
+    assert isinstance(entry["duration_ms"], float) and entry["duration_ms"] >= 0
+    assert entry["message"] == f"127.0.0.1 GET /no/such/path 404 {entry['bytes']} {entry['duration_ms']:.1f}ms"
 
 
 def test_the_environment_variable_selects_json_too(tmp_path):

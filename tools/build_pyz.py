@@ -3,7 +3,7 @@
 The archive is the standard library's zipapp of the ``recsvc`` package,
 static assets included (they are read with importlib.resources, which reads
 from a zip as well as from a folder). Its ``__main__`` calls
-``recsvc.cli:main`` and exits with its status: zipapp's own ``-m`` entry
+``recsvc.__main__:run`` (the Python version check, then ``recsvc.cli:main``) and exits with its status: zipapp's own ``-m`` entry
 would drop the return value, and ``recsvc: error: ...`` must exit 2. Each
 module's bytecode rides beside its source (``compile_beside_sources``):
 measured here, a start to the first /healthz took 146 ms instead of 249 and
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MAIN = '''"""recsvc as one file: python3 recsvc.pyz serve | worker | demo | fetch ..."""
 import sys
 
-from recsvc.cli import main
+from recsvc.__main__ import run
 
-sys.exit(main())
+sys.exit(run())
 '''
 
 
