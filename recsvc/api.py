@@ -16,7 +16,6 @@ import hmac
 import json
 import logging
 import re
-import threading
 import time
 import urllib.parse
 from typing import Callable
@@ -26,8 +25,8 @@ from .cache import RecordingCache
 from .clock import Clock, iso_utc, wait_seconds
 from .counter import CounterError
 from .decision import (
-    CallNotFound, FirstJob, NoLiveWorker, NoRecordingUrl, Processing, RecordingNotFoundUpstream, RetryAllowed,
-    RetryRefused, ServeFile, StorageRetry, WORKER_NOT_PROCESSING_QUEUE,
+    CallNotFound, InvalidCallSid, NoLiveWorker, NoRecordingUrl, RecordingNotFoundUpstream, RetryRefused, ServeFile,
+    StorageRetry, Unauthorized, WORKER_NOT_PROCESSING_QUEUE,
 )
 from .http_protocol import FileBody, Request, Response, json_error
 from .job_filters import parse_job_filters
@@ -37,12 +36,11 @@ from .metrics import Metrics
 from .openapi import openapi_document
 from .routes import ROUTES, Matched, MethodNotAllowed, Route, match
 from .static_files import PAGES, StaticFiles, plain_index
-from .service import PlayResult, RecordingService, TwilioAccountTaken, retry_after_for, valid_call_sid
+from .service import PlayRequest, PlayResult, RecordingService, TwilioAccountTaken, retry_after_for, valid_call_sid
 from .settings import Settings
 from .store import StoreBusy, StoreError, StoreUnavailable
 from .twilio import parse_recording_status, validate_signature
 from .upstream import UrlNotAllowed
-from .waiters import JobWaiters
 
 log = logging.getLogger(__name__)
 
@@ -178,35 +176,18 @@ def prefer_wait(value: str | None) -> int | None:
     return None
 
 
-# What a held request answers at once when it looks again (CONTRACT 5b): the file, or a
-# final answer that costs nothing to give.
-HELD_FINAL_OUTCOMES = (ServeFile, CallNotFound, NoRecordingUrl, RecordingNotFoundUpstream)
-
-
-def is_processing(result: PlayResult) -> bool:
-    """A result that would be answered 202 (rows 9, 10a, 10b)."""
-    return isinstance(result.outcome, (Processing, FirstJob, RetryAllowed))
-
-
 class Api:
     """The application: ``api(request) -> response``."""
 
     def __init__(self, settings: Settings, service: RecordingService, signer: LinkSigner, metrics: Metrics,
-                 clock: Clock, waiters: JobWaiters, cache: RecordingCache):
+                 clock: Clock, cache: RecordingCache):
         self.settings = settings
         self.service = service
         self.signer = signer
         self.metrics = metrics
         self.clock = clock
-        self.waiters = waiters
         self.cache = cache
         self._admin_token = settings.admin_token.encode() if settings.admin_token else None
-        # The play route's read path (credentials, one snapshot, the decision) is pure
-        # CPU under the GIL. Letting one request through it at a time, instead of every
-        # connection thread at once, was measured at 64 keep-alive connections on the
-        # 202 poll: +50% requests/s and a lower p99. Nothing that can block for long
-        # (write locks, held requests, the counter, sending) runs inside it.
-        self._read_gate = threading.Lock()
         self.routes: tuple[Route, ...] = ROUTES
         # The other serving processes' metrics families (serve --processes N; recsvc.prefork).
         self.peer_metrics: Callable[[], list] = list
@@ -287,59 +268,30 @@ class Api:
     # ------------------------------------------------------------ CONTRACT 3: playing a recording
 
     def play(self, request: Request, call_sid: str) -> Response:
-        with self._read_gate:  # one request at a time through the read path: see __init__
-            if request.query and bearer_token(request) is None:
-                business_id = self._link_business(request, call_sid)
-            else:
-                business_id = self._business(request)
-            self._call_sid(call_sid)
-            result = self.service.play(business_id, call_sid, effects=False)
-        if result.needs_effects:  # create or replace a job: may wait for the write lock
-            result = self.service.play(business_id, call_sid)
+        link = None
+        if request.query and bearer_token(request) is None:
+            query_fields(request)  # only its limit: the signer reads the fields
+            link = request.query
         wanted = prefer_wait(", ".join(value for name, value in request.headers if name == "prefer"))
-        if wanted is None or result.job is None or not is_processing(result):
+        result = self.service.play(PlayRequest(call_sid, bearer_token(request), link, wanted))
+        if result.hold is None:
             return self.render_play(request, result)
-        # CONTRACT 5b: hold a would-be 202 until its job ends or the wait is over. Looking
-        # again writes nothing: the file (or a final 404) is answered as it is now; a job
-        # that ended without a file leaves this request the 202 it had, and the retry of
-        # row 10b waits for the player's next request.
-        applied = min(wanted, wait_seconds(self.settings.max_wait)) if wanted else 0
-        deadline = time.monotonic() + min(wanted, self.settings.max_wait)
-        while not request.client_gone():
-            left = deadline - time.monotonic()
-            ended = left > 0 and self.waiters.wait(result.job.id, left, request.client_gone)
-            now = self.service.play(business_id, call_sid, effects=False)
-            if isinstance(now.outcome, HELD_FINAL_OUTCOMES):
-                result = now
-                break
-            if not isinstance(now.outcome, Processing):
-                break
-            result = now  # the same 202, with the job's status as of now
-            if not ended:
-                break
-        response = self.render_play_safely(request, result)
-        response.headers.append(("Preference-Applied", f"wait={applied}"))
-        return response
-
-    def render_play_safely(self, request: Request, result: PlayResult) -> Response:
+        result = self.service.hold(result, request.client_gone)  # CONTRACT 5b
         try:
-            return self.render_play(request, result)
+            response = self.render_play(request, result)
         except ApiError as exc:
-            return exc.response()
-
-    def _link_business(self, request: Request, call_sid: str) -> int:
-        if not valid_call_sid(call_sid):
-            raise UNAUTHORIZED
-        query_fields(request)  # only its limit: the signer reads the fields
-        candidates = self.service.businesses_with_call(call_sid)
-        business_id = self.signer.verify(request.query, call_sid, self.clock(), candidates)
-        if business_id is None:
-            raise UNAUTHORIZED
-        return business_id
+            response = exc.response()
+        response.headers.append(("Preference-Applied", f"wait={result.hold.applied}"))
+        return response
 
     def render_play(self, request: Request, result: PlayResult) -> Response:
         outcome = result.outcome
         s = self.settings
+        if isinstance(outcome, Unauthorized):
+            raise UNAUTHORIZED                                          # CONTRACT 3 row 1
+        if isinstance(outcome, InvalidCallSid):
+            raise ApiError(400, "invalid_call_sid",                     # CONTRACT 3 row 2
+                           "call_sid must be 1 to 64 letters, digits, '_' or '-'.")
         if isinstance(outcome, ServeFile):
             return self._send_file(request, result)
         if isinstance(outcome, CallNotFound):

@@ -107,11 +107,11 @@ class App:
                                    metrics=self.metrics, job_timeout=settings.job_timeout,
                                    on_job_done=lambda job: self._job_ended(job.id),
                                    on_stored=lambda job: self.cache.evict_over_limit(keep=(job.business_id, job.call_sid)))
-        self.service = RecordingService(settings, self.store, self.files, self.counter, clock, self.metrics,
-                                        on_job_queued=self._job_queued,
-                                        on_job_ended=self._job_ended)
         self.signer = LinkSigner(load_secret(settings.data_dir, environ))
-        self.api = Api(settings, self.service, self.signer, self.metrics, clock, self.waiters, self.cache)
+        self.service = RecordingService(settings, self.store, self.files, self.counter, clock, self.metrics,
+                                        self.signer, self.waiters, on_job_queued=self._job_queued,
+                                        on_job_ended=self._job_ended)
+        self.api = Api(settings, self.service, self.signer, self.metrics, clock, self.cache)
         self.http: HTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()

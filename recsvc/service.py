@@ -1,13 +1,16 @@
 """The effects of the contract: gather facts, ask the pure decision, apply what it says.
 
-Theory of operation. ``play()`` is CONTRACT 3 end to end. It reads one
-snapshot (call, cached recording, latest job for the current URL, whether a
-live worker exists) and asks ``decide_play``. Outcomes without side effects
-(rows 3-6, 9) are answered from that snapshot: the hot 202 poll costs one
-read transaction and no write. Outcomes with effects (rows 7, 8, 10) are
-decided again inside ``BEGIN IMMEDIATE`` on a fresh snapshot and applied
-there, so fifty simultaneous requests create one job and one INCR
-(CONTRACT 8.1), across threads and processes alike.
+Theory of operation. ``play()`` is CONTRACT 3 end to end, one call per
+request: it takes the request's facts (``PlayRequest``: credentials, call_sid,
+the wait asked for), reads one snapshot (call, cached recording, latest job for
+the current URL, whether a live worker exists) and asks ``decide_play`` once.
+Outcomes without side effects (rows 1-6, 9) are answered from that snapshot:
+the hot 202 poll costs one statement and no write. Outcomes with effects
+(rows 7, 8, 10) are applied inside ``BEGIN IMMEDIATE``, where the snapshot's
+decision stands if the transaction sees the same facts (else the transaction's
+facts are decided), so fifty simultaneous requests create one job and one INCR
+(CONTRACT 8.1), across threads and processes alike. A 202 that asked to wait
+carries a ``Hold``; ``hold()`` waits for its job and looks again (CONTRACT 5b).
 
 The retry counter is consulted only when a retry is on the table, inside
 that same transaction: GET decides 10b or 10c, then INCR + EXPIRE. A shared
@@ -26,7 +29,8 @@ import os
 import re
 import secrets
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable
 
 from .clock import Clock, iso_utc, wait_seconds
@@ -36,6 +40,7 @@ from .decision import (
     RecordingNotFoundUpstream, RetryAllowed, RetryNeeded, RetryRefused, ServeFile, StorageRetry,
     decide_play, decide_retry, stuck_kind, stuck_reason,
 )
+from .links import LinkSigner
 from .files import HOSTNAME, TEMP_SUFFIX, RecordingFiles
 from .metrics import Metrics
 from .model import STUCK, SUPERSEDED, TWILIO_CREDENTIALS, Call, Job, Recording, TwilioAccount
@@ -43,6 +48,7 @@ from .settings import Settings
 from .store import Store, StoreBusy, StoreError, Tx
 from .twilio import RecordingStatus, media_url
 from .upstream import check_recording_url
+from .waiters import JobWaiters
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,30 @@ class TwilioAccountTaken(Exception):
 
 
 @dataclass(frozen=True)
+class PlayRequest:
+    """A play request's facts, as the HTTP side read them once."""
+    call_sid: str                       # the raw path segment
+    token: str | None = None            # the bearer token
+    link: str | None = None             # the query of a signed link, read when there is no token
+    wait: int | None = None             # Prefer: wait, in seconds (CONTRACT 5b)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A 202 held until its job ends or until ``until`` (time.monotonic), CONTRACT 5b."""
+    business_id: int
+    call_sid: str
+    job_id: int
+    until: float
+    applied: int                        # the wait granted, for Preference-Applied
+
+
+# What a held request answers at once when it looks again (CONTRACT 5b): the file, or a
+# final answer that costs nothing to give.
+HELD_FINAL_OUTCOMES = (ServeFile, CallNotFound, NoRecordingUrl, RecordingNotFoundUpstream)
+
+
+@dataclass(frozen=True)
 class PlayResult:
     """What the HTTP layer renders for a play request."""
     outcome: PlayOutcome | RetryAllowed | RetryRefused | StorageRetry
@@ -81,17 +111,19 @@ class PlayResult:
     recording: Recording | None = None  # with ``file`` open, for row 4
     file: BinaryIO | None = None
 
+    hold: Hold | None = None            # a 202 that asked to wait (CONTRACT 5b): see RecordingService.hold
+
     @property
-    def needs_effects(self) -> bool:
-        """An outcome of ``play(effects=False)`` that must be applied (rows 7, 8, 10)."""
-        return isinstance(self.outcome, (FirstJob, RetryNeeded, NoLiveWorker))
+    def answers_processing(self) -> bool:
+        """A result answered 202 (rows 9, 10a, 10b)."""
+        return isinstance(self.outcome, (Processing, FirstJob, RetryAllowed))
 
 
 class RecordingService:
     KNOWN_TOKENS = 10_000  # tokens remembered at most; past it the memory starts over
 
     def __init__(self, settings: Settings, store: Store, files: RecordingFiles, counter: RetryCounter,
-                 clock: Clock, metrics: Metrics, on_job_queued: Callable[[], None] = lambda: None,
+                 clock: Clock, metrics: Metrics, signer: LinkSigner, waiters: JobWaiters, on_job_queued: Callable[[], None] = lambda: None,
                  on_job_ended: Callable[[int], None] = lambda job_id: None):
         self.settings = settings
         self.store = store
@@ -99,6 +131,14 @@ class RecordingService:
         self.counter = counter
         self.clock = clock
         self.metrics = metrics
+        self.signer = signer
+        self.waiters = waiters
+        # The play route's read path (credentials, one snapshot, the decision) is pure
+        # CPU under the GIL: one request at a time through it, instead of every
+        # connection thread at once, serves more 202 polls with a lower p99 (make bench).
+        # Nothing that can block for long (write locks, held requests, the counter,
+        # sending) runs inside it.
+        self._read_gate = threading.Lock()
         self.on_job_queued = on_job_queued
         self.on_job_ended = on_job_ended
         self._counter_state_lock = threading.Lock()  # guards _counter_failing
@@ -140,6 +180,85 @@ class RecordingService:
 
     # ------------------------------------------------------------ play (CONTRACT 3)
 
+    def play(self, request: PlayRequest) -> PlayResult:
+        """CONTRACT 3 for one request: its credentials, the snapshot and one decision.
+
+        An outcome without effects (rows 1-6, 9) is answered from the snapshot read
+        here: the hot 202 poll costs one statement and no write. An outcome with
+        effects (rows 7, 8, 10) is applied inside ``BEGIN IMMEDIATE``: the decision
+        stands when the transaction sees the same facts, and is taken on the
+        transaction's facts when another request wrote in between. A 202 that asked
+        to wait comes back with ``hold`` set (CONTRACT 5b; ``hold()`` waits).
+        """
+        with self._read_gate:  # one request at a time through the read path: see __init__
+            business_id = self._play_business(request)
+            valid = valid_call_sid(request.call_sid)
+            if business_id is None or not valid:
+                facts = PlayFacts(business_id is not None, valid, None, False, None, False)
+                return PlayResult(decide_play(facts, self.clock(), self.settings))
+            with self.store.single() as tx:  # the hot 202 poll: one statement, no transaction to open
+                facts, recording, handle = self._facts(tx, business_id, request.call_sid)
+            outcome = decide_play(facts, self.clock(), self.settings)
+        if recording is not None and handle is None:
+            self._drop_vanished(recording)
+        if isinstance(outcome, NoLiveWorker):
+            self._check_heartbeats_writable()
+        if isinstance(outcome, (FirstJob, RetryNeeded, NoLiveWorker)):  # rows 7, 8, 10: write
+            result = self._play_with_effects(business_id, request.call_sid, facts, outcome)
+        else:
+            result = self._result(outcome, recording, handle)
+        if request.wait is not None and result.job is not None and result.answers_processing:
+            until = time.monotonic() + min(request.wait, self.settings.max_wait)
+            applied = min(request.wait, wait_seconds(self.settings.max_wait)) if request.wait else 0
+            result = replace(result, hold=Hold(business_id, request.call_sid, result.job.id, until, applied))
+        return result
+
+    def hold(self, result: PlayResult, client_gone: Callable[[], bool]) -> PlayResult:
+        """CONTRACT 5b: wait until the held job ends or ``result.hold.until``, then look again.
+
+        Looking again writes nothing: the file (or a final 404) is answered as it
+        is now; a job that ended without a file leaves the request the 202 it had,
+        and the retry of row 10b waits for the player's next request."""
+        held = result.hold
+        while not client_gone():
+            left = held.until - time.monotonic()
+            ended = left > 0 and self.waiters.wait(held.job_id, left, client_gone)
+            with self.store.single() as tx:
+                facts, recording, handle = self._facts(tx, held.business_id, held.call_sid)
+            outcome = decide_play(facts, self.clock(), self.settings)
+            if isinstance(outcome, NoLiveWorker):
+                self._check_heartbeats_writable()
+            if isinstance(outcome, HELD_FINAL_OUTCOMES):
+                return replace(self._result(outcome, recording, handle), hold=held)
+            if handle is not None:
+                handle.close()
+            if not isinstance(outcome, Processing):
+                break
+            result = replace(self._result(outcome, recording, None), hold=held)  # the job's status as of now
+            if not ended:
+                break
+        return result
+
+    def _play_business(self, request: PlayRequest) -> int | None:
+        """The business a play request speaks for: its bearer token's, else its signed link's."""
+        if request.token is not None or request.link is None:
+            return self.authenticate(request.token)
+        if not valid_call_sid(request.call_sid):
+            return None
+        candidates = self.businesses_with_call(request.call_sid)
+        return self.signer.verify(request.link, request.call_sid, self.clock(), candidates)
+
+    @staticmethod
+    def _result(outcome: PlayOutcome, recording: Recording | None, handle: BinaryIO | None) -> PlayResult:
+        """The answer to an outcome that writes nothing (rows 1-6, 9)."""
+        if isinstance(outcome, ServeFile):
+            return PlayResult(outcome, recording=recording, file=handle)
+        if handle is not None:
+            handle.close()
+        if isinstance(outcome, Processing):
+            return PlayResult(outcome, job=outcome.job, attempt=outcome.job.attempt)
+        return PlayResult(outcome)
+
     def _facts(self, tx: Tx, business_id: int, call_sid: str) -> tuple[PlayFacts, Recording | None, BinaryIO | None]:
         snapshot = tx.play_snapshot(business_id, call_sid, self.clock())
         if snapshot is None:
@@ -150,26 +269,6 @@ class RecordingService:
                           recording_intact=handle is not None, latest_job=snapshot.latest_job,
                           live_worker=snapshot.live_worker)
         return facts, recording, handle
-
-    def play(self, business_id: int, call_sid: str, effects: bool = True) -> PlayResult:
-        """CONTRACT 3 for one request. With ``effects=False`` nothing is written: an outcome
-        that would create or fail a job is returned undone (a held request looking again, 5b)."""
-        with self.store.single() as tx:  # the hot 202 poll: one statement, no transaction to open
-            facts, recording, handle = self._facts(tx, business_id, call_sid)
-        outcome = decide_play(facts, self.clock(), self.settings)
-        if recording is not None and handle is None and effects:
-            self._drop_vanished(recording)
-        if isinstance(outcome, (CallNotFound, NoRecordingUrl, RecordingNotFoundUpstream)):
-            return PlayResult(outcome)
-        if isinstance(outcome, ServeFile):
-            return PlayResult(outcome, recording=recording, file=handle)
-        if isinstance(outcome, Processing):
-            return PlayResult(outcome, job=outcome.job, attempt=outcome.job.attempt)
-        if isinstance(outcome, NoLiveWorker):
-            self._check_heartbeats_writable()
-        if not effects:
-            return PlayResult(outcome)
-        return self._play_with_effects(business_id, call_sid)
 
     def _check_heartbeats_writable(self) -> None:
         """Row 7 is judged only while heartbeats can be written (CONTRACT 3, storage faults): a
@@ -186,11 +285,11 @@ class RecordingService:
             log.warning("call_sid=%s cached file %s vanished or changed size; row dropped",
                         recording.call_sid, recording.path)
 
-    def _play_with_effects(self, business_id: int, call_sid: str) -> PlayResult:
+    def _play_with_effects(self, business_id: int, call_sid: str, seen: PlayFacts, decided: PlayOutcome) -> PlayResult:
         committed: list[Callable[[], None]] = []  # log lines and metrics, told once the commit made them true
         counted: list[str] = []  # the key of a retry counted outside the database, if any
         try:
-            return self._apply_play(business_id, call_sid, committed, counted)
+            return self._apply_play(business_id, call_sid, seen, decided, committed, counted)
         except StoreError:
             # CONTRACT 3, storage faults change nothing: a count the rolled-back transaction
             # cannot take back with it is taken back here (sqlite:// counts inside it).
@@ -200,20 +299,17 @@ class RecordingService:
                     decr(key)
             raise
 
-    def _apply_play(self, business_id: int, call_sid: str, committed: list[Callable[[], None]],
-                    counted: list[str]) -> PlayResult:
+    def _apply_play(self, business_id: int, call_sid: str, seen: PlayFacts, decided: PlayOutcome,
+                    committed: list[Callable[[], None]], counted: list[str]) -> PlayResult:
         queued = False
         with self.store.writing() as tx:
             now = self.clock()
             facts, recording, handle = self._facts(tx, business_id, call_sid)
-            outcome = decide_play(facts, now, self.settings)
+            # The snapshot's decision stands on the same facts; another request wrote in between otherwise.
+            outcome = decided if facts == seen else decide_play(facts, now, self.settings)
             call = facts.call
-            if isinstance(outcome, ServeFile):
-                return PlayResult(outcome, recording=recording, file=handle)
-            if isinstance(outcome, (CallNotFound, NoRecordingUrl, RecordingNotFoundUpstream)):
-                return PlayResult(outcome)
-            if isinstance(outcome, Processing):
-                return PlayResult(outcome, job=outcome.job, attempt=outcome.job.attempt)
+            if not isinstance(outcome, (FirstJob, RetryNeeded, NoLiveWorker)):
+                return self._result(outcome, recording, handle)
             if isinstance(outcome, NoLiveWorker):                               # row 7
                 job = None
                 if outcome.create_job:
