@@ -2,9 +2,10 @@
 
 Theory of operation. ``Api`` is the application callable the transport
 (``httpcore``) calls once per request. It routes (``routes.match``),
-authenticates, calls the service, and renders the outcome; it never decides
-a status itself. Every error is an ``ApiError`` that knows its status and
-machine code, and one choke point in ``__call__`` turns anything unexpected
+reads the request's facts, calls the service once, and renders the outcome
+as the table of answers says (``recsvc.answers``); it never decides a status
+itself. Every error is an ``ApiError`` named by its machine code, whose status
+the table gives, and one choke point in ``__call__`` turns anything unexpected
 into a JSON 500 with one log line, never a traceback to the client.
 """
 
@@ -21,13 +22,10 @@ import urllib.parse
 from typing import Callable
 
 from . import __version__
+from .answers import FILE, PLAY, PROCESSING, RETRY_LIMIT, meaning
 from .cache import RecordingCache
 from .clock import Clock, iso_utc, wait_seconds
 from .counter import CounterError
-from .decision import (
-    CallNotFound, InvalidCallSid, NoLiveWorker, NoRecordingUrl, RecordingNotFoundUpstream, RetryRefused, ServeFile,
-    StorageRetry, Unauthorized, WORKER_NOT_PROCESSING_QUEUE,
-)
 from .http_protocol import FileBody, Request, Response, json_error
 from .job_filters import parse_job_filters
 from .links import LinkSigner
@@ -36,9 +34,9 @@ from .metrics import Metrics
 from .openapi import openapi_document
 from .routes import ROUTES, Matched, MethodNotAllowed, Route, match
 from .static_files import PAGES, StaticFiles, plain_index
-from .service import PlayRequest, PlayResult, RecordingService, TwilioAccountTaken, retry_after_for, valid_call_sid
+from .service import PlayRequest, PlayResult, RecordingService, TwilioAccountTaken, valid_call_sid
 from .settings import Settings
-from .store import StoreBusy, StoreError, StoreUnavailable
+from .store import StoreBusy, StoreError
 from .twilio import parse_recording_status, validate_signature
 from .upstream import UrlNotAllowed
 
@@ -49,18 +47,19 @@ TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 
 
 class ApiError(Exception):
-    """An answer that is an error: status, machine code, English message (CONTRACT 3)."""
+    """An answer that is an error: a machine code of ``recsvc.answers.ERRORS``, which gives its
+    status, and the English message when the site says more than the table (CONTRACT 3)."""
 
-    def __init__(self, status: int, code: str, message: str, headers: tuple = (), **extra):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers, self.extra = status, code, message, headers, extra
+    def __init__(self, code: str, message: str | None = None, headers: tuple = (), **extra):
+        row = meaning(code)
+        super().__init__(message or row.message)
+        self.status, self.code, self.message, self.headers, self.extra = row.status, code, message, headers, extra
 
     def response(self) -> Response:
-        return json_error(self.status, self.code, self.message, self.headers, **self.extra)
+        return json_error(self.code, self.message, self.headers, **self.extra)
 
 
-UNAUTHORIZED = ApiError(401, "unauthorized", "Missing or invalid credentials.",
-                        (("WWW-Authenticate", "Bearer"),))
+UNAUTHORIZED = ApiError("unauthorized")
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with separators builds one per call
@@ -104,22 +103,22 @@ def read_json_object(request: Request) -> dict:
     try:
         payload = json.loads(request.body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
-        raise ApiError(400, "invalid_json", "The request body must be a JSON object.") from None
+        raise ApiError("invalid_json") from None
     if not isinstance(payload, dict):
-        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+        raise ApiError("invalid_json")
     return payload
 
 
 # CONTRACT 6, "Bad input never gets a 5xx".
 MAX_QUERY_FIELDS = 20
 LARGEST_ID = 2**63 - 1  # ids are SQLite INTEGERs
-NOT_FOUND = ApiError(404, "not_found", "No such resource.")
+NOT_FOUND = ApiError("not_found")
 
 
 def query_fields(request: Request) -> dict[str, list[str]]:
     """The request's query fields, percent-decoded, blank ones dropped; more than 20 is 400."""
     if request.query.count("&") >= MAX_QUERY_FIELDS:  # what parse_qs counts, before it does any work
-        raise ApiError(400, "invalid_request", f"A query may have at most {MAX_QUERY_FIELDS} fields.")
+        raise ApiError("invalid_request", f"A query may have at most {MAX_QUERY_FIELDS} fields.")
     return urllib.parse.parse_qs(request.query)
 
 
@@ -132,7 +131,7 @@ def query_number(fields: dict[str, list[str]], name: str) -> int | None:
     if value is None:
         return None
     if not (value.isascii() and value.isdigit()):
-        raise ApiError(400, "invalid_request", f"{name} must be a whole number in ASCII digits.")
+        raise ApiError("invalid_request", f"{name} must be a whole number in ASCII digits.")
     return int(value) if len(value.lstrip("0")) <= 19 else LARGEST_ID + 1
 
 
@@ -147,7 +146,7 @@ def query_id(fields: dict[str, list[str]], name: str) -> int | None:
 def path_business_id(raw: str) -> int:
     """A business id from the raw path: 400 unless ASCII digits, 404 outside 1..2^63-1."""
     if not (raw.isascii() and raw.isdigit()):
-        raise ApiError(400, "invalid_business_id", "business_id must be a whole number.")
+        raise ApiError("invalid_business_id")
     if len(raw.lstrip("0")) > 19 or not 1 <= int(raw) <= LARGEST_ID:
         raise NOT_FOUND
     return int(raw)
@@ -207,13 +206,13 @@ class Api:
             found = match(request.method, request.path, self.routes)
             if request.path.startswith("/admin/") or request.path == "/admin":
                 if self._admin_token is None:  # CONTRACT 6: no admin token, no admin surface
-                    raise ApiError(404, "not_found", "No such resource.")
+                    raise ApiError("not_found")
             if isinstance(found, MethodNotAllowed):
                 route_name = found.route.name
-                raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here.",
+                raise ApiError("method_not_allowed", f"{request.method} is not allowed here.",
                                (("Allow", found.allow),))
             if not isinstance(found, Matched):
-                raise ApiError(404, "not_found", "No such resource.")
+                raise ApiError("not_found")
             route_name = found.route.name
             handler = found.handler if callable(found.handler) else getattr(self, found.handler)
             response = handler(request, **found.params)
@@ -222,11 +221,10 @@ class Api:
         except (StoreError, OSError) as exc:
             response = self._storage_fault(exc, request)
         except CounterError:  # only the admin view reads the counter without failing open
-            response = json_error(503, "counter_unavailable", "The retry counter is unavailable; try again.",
-                                  (("Retry-After", "1"),))
+            response = json_error("counter_unavailable")
         except Exception:
             log.exception("unexpected error answering %s %s", request.method, request.path)
-            response = json_error(500, "internal_error", "Internal server error.")
+            response = json_error("internal_error")
         self.metrics.observe_request(route_name, request.method, response.status, time.perf_counter() - started)
         return response
 
@@ -235,15 +233,11 @@ class Api:
         An OSError that is not a fault of the disk is a bug of ours: 500 with its traceback."""
         if isinstance(exc, OSError) and exc.errno not in STORAGE_ERRNOS:
             log.exception("unexpected error answering %s %s", request.method, request.path)
-            return json_error(500, "internal_error", "Internal server error.")
+            return json_error("internal_error")
         seconds = wait_seconds(self.settings.retry_after)
-        if isinstance(exc, StoreBusy):
-            code, message = "storage_busy", "The database is busy; try again."
-        else:
-            code = "storage_unavailable"
-            message = "Storage is unavailable (disk full, read-only or failing); try again."
+        code = "storage_busy" if isinstance(exc, StoreBusy) else "storage_unavailable"
         log.debug("%s %s answered 503 %s: %s", request.method, request.path, code, exc)
-        return json_error(503, code, message, (("Retry-After", str(seconds)),), retry_after=seconds)
+        return json_error(code, headers=(("Retry-After", str(seconds)),), retry_after=seconds)
 
     # ------------------------------------------------------------ credentials
 
@@ -261,8 +255,7 @@ class Api:
     @staticmethod
     def _call_sid(raw: str) -> str:
         if not valid_call_sid(raw):
-            raise ApiError(400, "invalid_call_sid",                     # CONTRACT 3 row 2
-                           "call_sid must be 1 to 64 letters, digits, '_' or '-'.")
+            raise ApiError("invalid_call_sid")                          # CONTRACT 3 row 2
         return raw
 
     # ------------------------------------------------------------ CONTRACT 3: playing a recording
@@ -285,41 +278,25 @@ class Api:
         return response
 
     def render_play(self, request: Request, result: PlayResult) -> Response:
+        """The outcome as the table of answers says (``recsvc.answers.PLAY``, CONTRACT 3)."""
         outcome = result.outcome
-        s = self.settings
-        if isinstance(outcome, Unauthorized):
-            raise UNAUTHORIZED                                          # CONTRACT 3 row 1
-        if isinstance(outcome, InvalidCallSid):
-            raise ApiError(400, "invalid_call_sid",                     # CONTRACT 3 row 2
-                           "call_sid must be 1 to 64 letters, digits, '_' or '-'.")
-        if isinstance(outcome, ServeFile):
+        answer = PLAY[type(outcome)]
+        seconds = wait_seconds(getattr(self.settings, answer.retry_after)) if answer.retry_after else None
+        if answer.answer == FILE:
             return self._send_file(request, result)
-        if isinstance(outcome, CallNotFound):
-            raise ApiError(404, "call_not_found", "No such call.")
-        if isinstance(outcome, NoRecordingUrl):
-            raise ApiError(404, "no_recording_url", "This call has no recording.")
-        if isinstance(outcome, RecordingNotFoundUpstream):
-            raise ApiError(404, "recording_not_found_upstream", "The upstream says this recording does not exist.")
-        if isinstance(outcome, NoLiveWorker):
-            seconds = wait_seconds(s.liveness_window)
-            raise ApiError(500, WORKER_NOT_PROCESSING_QUEUE, "No worker is processing the recording queue.",
-                           (("Retry-After", str(seconds)),), reason="no live worker", retry_after=seconds)
-        if isinstance(outcome, StorageRetry):  # the last download could not be stored: the host's fault
-            raise StoreUnavailable("the last download of this call could not be stored")
-        if isinstance(outcome, RetryRefused):
-            message = ("No worker is processing the recording queue." if outcome.error == WORKER_NOT_PROCESSING_QUEUE
-                       else "The recording could not be downloaded.")
-            raise ApiError(500, outcome.error, message, (("Retry-After", str(outcome.retry_after)),),
-                           reason="retry limit reached", attempts=outcome.attempts,
-                           max_attempts=s.max_retry_attempts, retry_window_seconds=wait_seconds(s.retry_window),
-                           retry_after=outcome.retry_after)
-        return self._processing(result)
-
-    def _processing(self, result: PlayResult) -> Response:
-        retry_after = retry_after_for(result, self.settings)
-        job = result.job
-        body = processing_body(job.id, job.status, result.attempt, self.settings.max_retry_attempts, retry_after)
-        return Response(202, [("Content-Type", JSON), ("Retry-After", str(retry_after))], body)
+        if answer.answer == PROCESSING:
+            job = result.job
+            body = processing_body(job.id, job.status, result.attempt, self.settings.max_retry_attempts, seconds)
+            return Response(202, [("Content-Type", JSON), ("Retry-After", str(seconds))], body)
+        if answer.answer == RETRY_LIMIT:
+            s = self.settings
+            raise ApiError(outcome.error, None, (("Retry-After", str(outcome.retry_after)),),
+                           reason=answer.reason, attempts=outcome.attempts, max_attempts=s.max_retry_attempts,
+                           retry_window_seconds=wait_seconds(s.retry_window), retry_after=outcome.retry_after)
+        if seconds is None:
+            raise ApiError(answer.answer)
+        extra = {"reason": answer.reason} if answer.reason else {}
+        raise ApiError(answer.answer, None, (("Retry-After", str(seconds)),), **extra, retry_after=seconds)
 
     def _send_file(self, request: Request, result: PlayResult) -> Response:
         recording, handle = result.recording, result.file
@@ -331,8 +308,7 @@ class Api:
                              strong_etag(recording.sha256), mtime, content_type=recording.content_type)
         if plan.status == 416:
             handle.close()
-            raise ApiError(416, "range_not_satisfiable", "The requested range is outside the recording.",
-                           plan.headers)
+            raise ApiError("range_not_satisfiable", None, plan.headers)
         if request.method == "GET" and plan.status in (200, 206):
             self.cache.played(recording.business_id, recording.call_sid)  # CONTRACT 5: a play
         if plan.count == 0:
@@ -347,16 +323,16 @@ class Api:
         self._call_sid(call_sid)
         payload = read_json_object(request)
         if "recording_url" not in payload:
-            raise ApiError(400, "invalid_body", "The body must have a recording_url (a string or null).")
+            raise ApiError("invalid_body", "The body must have a recording_url (a string or null).")
         url = payload["recording_url"]
         if url is not None and (not isinstance(url, str) or len(url) > 2048):
-            raise ApiError(400, "invalid_body", "recording_url must be a string of at most 2048 characters, or null.")
+            raise ApiError("invalid_body", "recording_url must be a string of at most 2048 characters, or null.")
         if url == "":
             url = None
         try:
             created, view = self.service.put_call(business_id, call_sid, url)
         except UrlNotAllowed as exc:
-            raise ApiError(422, "recording_url_not_allowed", f"{exc}.") from None
+            raise ApiError("recording_url_not_allowed", f"{exc}.") from None
         return json_response(201 if created else 200, view)
 
     def get_call(self, request: Request, call_sid: str) -> Response:
@@ -364,14 +340,14 @@ class Api:
         self._call_sid(call_sid)
         view = self.service.get_call(business_id, call_sid)
         if view is None:
-            raise ApiError(404, "call_not_found", "No such call.")
+            raise ApiError("call_not_found")
         return json_response(200, view)
 
     def create_link(self, request: Request, call_sid: str) -> Response:
         business_id = self._business(request)
         self._call_sid(call_sid)
         if self.service.get_call(business_id, call_sid) is None:
-            raise ApiError(404, "call_not_found", "No such call.")
+            raise ApiError("call_not_found")
         url, expires = self.signer.link(business_id, call_sid, self.clock())
         return json_response(200, {"url": url, "expires_at": iso_utc(expires)})
 
@@ -382,7 +358,7 @@ class Api:
         payload = read_json_object(request)
         name = payload.get("name")
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise ApiError(400, "invalid_body", "name must be a non-empty string of at most 200 characters.")
+            raise ApiError("invalid_body", "name must be a non-empty string of at most 200 characters.")
         business_id, token = self.service.create_business(name.strip())
         return json_response(201, {"id": business_id, "name": name.strip(), "token": token})
 
@@ -393,18 +369,17 @@ class Api:
         account_sid, auth_token = payload.get("account_sid"), payload.get("auth_token")
         media_format = payload.get("media_format", "wav")
         if not isinstance(account_sid, str) or not TWILIO_ACCOUNT_SID.fullmatch(account_sid):
-            raise ApiError(400, "invalid_body", "account_sid must be a Twilio account SID (AC followed by 32 hex digits).")
+            raise ApiError("invalid_body", "account_sid must be a Twilio account SID (AC followed by 32 hex digits).")
         if not isinstance(auth_token, str) or not 8 <= len(auth_token) <= 256:
-            raise ApiError(400, "invalid_body", "auth_token must be a string of 8 to 256 characters.")
+            raise ApiError("invalid_body", "auth_token must be a string of 8 to 256 characters.")
         if media_format not in ("wav", "mp3"):
-            raise ApiError(400, "invalid_body", "media_format must be wav or mp3.")
+            raise ApiError("invalid_body", "media_format must be wav or mp3.")
         try:
             registered = self.service.register_twilio(business, account_sid, auth_token, media_format)
         except TwilioAccountTaken:
-            raise ApiError(409, "twilio_account_taken",
-                           "This Twilio account is already registered to another business.") from None
+            raise ApiError("twilio_account_taken") from None
         if not registered:
-            raise ApiError(404, "business_not_found", "No such business.")
+            raise ApiError("business_not_found")
         return json_response(200, {"business_id": business, "account_sid": account_sid,
                                    "media_format": media_format})
 
@@ -414,23 +389,23 @@ class Api:
             fields = urllib.parse.parse_qsl(request.body.decode("utf-8"), keep_blank_values=True,
                                             max_num_fields=100, strict_parsing=bool(request.body))
         except (UnicodeDecodeError, ValueError):
-            raise ApiError(400, "invalid_body", "The body must be form-encoded.") from None
+            raise ApiError("invalid_body", "The body must be form-encoded.") from None
         form = dict(fields)
         account = self.service.twilio_account(form.get("AccountSid", ""))
         signature = request.header("x-twilio-signature")
         if account is None or not any(validate_signature(url, fields, signature, account.auth_token)
                                       for url in self._request_urls(request)):
-            raise ApiError(403, "invalid_signature", "The request is not signed by a registered Twilio account.")
+            raise ApiError("invalid_signature")
         try:
             status = parse_recording_status(form)
         except ValueError as exc:
-            raise ApiError(400, "invalid_body", f"{exc}.") from None
+            raise ApiError("invalid_body", f"{exc}.") from None
         if not valid_call_sid(status.call_sid):
-            raise ApiError(400, "invalid_call_sid", "CallSid must be 1 to 64 letters, digits, '_' or '-'.")
+            raise ApiError("invalid_call_sid", "CallSid must be 1 to 64 letters, digits, '_' or '-'.")
         try:
             created, view = self.service.twilio_recording_status(account, status)
         except UrlNotAllowed as exc:
-            raise ApiError(422, "recording_url_not_allowed", f"{exc}.") from None
+            raise ApiError("recording_url_not_allowed", f"{exc}.") from None
         return json_response(201 if created else 200, view)
 
     @staticmethod
@@ -462,11 +437,11 @@ class Api:
         call_sid = query.get("call_sid", [None])[0]
         business = query_id(query, "business_id")
         if call_sid is not None and not valid_call_sid(call_sid):
-            raise ApiError(400, "invalid_call_sid", "call_sid must be 1 to 64 letters, digits, '_' or '-'.")
+            raise ApiError("invalid_call_sid")
         try:
             filters = parse_job_filters(query)
         except ValueError as exc:
-            raise ApiError(400, "invalid_request", str(exc)) from None
+            raise ApiError("invalid_request", str(exc)) from None
         return json_response(200, {"jobs": self.service.jobs(call_sid, business, filters.limit, status=filters.status,
                                                              since=filters.since)})
 
@@ -493,7 +468,7 @@ class Api:
         else:
             asset = self.static.get(name if name is not None else PAGES.get(request.path, ""))
         if asset is None:
-            raise ApiError(404, "not_found", "No such resource.")
+            raise ApiError("not_found")
         body, content_type, etag = asset
         headers = [("Content-Type", content_type), ("ETag", etag), ("Cache-Control", "no-cache"),
                    ("X-Content-Type-Options", "nosniff")]

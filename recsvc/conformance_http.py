@@ -23,6 +23,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
+from .answers import meaning
 from .client import RecordingClient
 
 
@@ -156,8 +157,16 @@ def expect_status(answer: Answer, status: int) -> None:
         raise Fail(f"answered {answer.status}{said}, not {status}")
 
 
-def expect_error(answer: Answer, status: int, code: str | None) -> dict:
-    """CONTRACT 3: every error body is JSON {"error": code, "message": sentence, ...}."""
+def expect_error(answer: Answer, status: int | None, code: str | None) -> dict:
+    """CONTRACT 3: every error body is JSON {"error": code, "message": sentence, ...}.
+
+    A code's status and the headers it always carries are the table of answers'
+    (``recsvc.answers.ERRORS``); ``status`` is for an answer expected without a code."""
+    if code is not None:
+        row = meaning(code)
+        if status is not None and status != row.status:
+            raise ValueError(f"the check expects {code} with {status}; the table of answers says {row.status}")
+        status = row.status
     expect_status(answer, status)
     content_type = (answer.header("content-type") or "").split(";")[0].strip().lower()
     expect(content_type == "application/json", f"{status} Content-Type is {content_type or 'missing'}, not application/json")
@@ -165,6 +174,11 @@ def expect_error(answer: Answer, status: int, code: str | None) -> dict:
     expect(isinstance(body.get("error"), str), f"{status} body has no string 'error'")
     expect(code is None or body["error"] == code, f"error is {body.get('error')!r}, not {code!r}")
     expect(isinstance(body.get("message"), str) and body["message"], f"{status} body has no 'message' sentence")
+    if code is not None:
+        for name, _ in row.headers:
+            expect(answer.header(name) is not None, f"{status} {code} has no {name} header")
+        if row.retry_after:
+            expect_retry_after(answer)
     return body
 
 

@@ -439,7 +439,7 @@ class Demo:
         self._require_admin(request)
         scenario = next((s for s in SCENARIOS if s.call_sid == call_sid), None)
         if scenario is None:
-            raise ApiError(404, "not_found", "No such demo call.")
+            raise ApiError("not_found", "No such demo call.")
         _, view = self.app.service.put_call(self.business_id, call_sid, self.fresh_url_of(scenario))
         return json_response(200, view)
 

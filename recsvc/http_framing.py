@@ -31,32 +31,32 @@ def body_length(method: str, version: str, headers: Iterable[tuple[str, str]]) -
             lengths.append(value)
     if codings:
         if lengths:  # RFC 9112 6.1: the smuggling shape; never guess which one the sender meant
-            raise RequestError(400, "bad_framing", "Transfer-Encoding and Content-Length must not both be sent.")
+            raise RequestError("bad_framing", "Transfer-Encoding and Content-Length must not both be sent.")
         if any(coding != "chunked" for coding in codings if coding):
-            raise RequestError(501, "unsupported_transfer_encoding", "The only transfer coding accepted on requests is chunked.")
+            raise RequestError("unsupported_transfer_encoding")
         if codings != ["chunked"]:  # an empty list element, or chunked twice
-            raise RequestError(400, "bad_framing", "Transfer-Encoding must be chunked, once.")
+            raise RequestError("bad_framing", "Transfer-Encoding must be chunked, once.")
         return None
     if not lengths:
         if method in METHODS_WITH_BODY:
-            raise RequestError(411, "length_required", "This request needs a Content-Length header or a chunked body.")
+            raise RequestError("length_required")
         return 0
     if len(lengths) > 1:  # even equal values: two framings are one too many
-        raise RequestError(400, "bad_content_length", "Content-Length was given more than once.")
+        raise RequestError("bad_content_length", "Content-Length was given more than once.")
     value = lengths[0]
     if not (value.isascii() and value.isdigit()):
-        raise RequestError(400, "bad_content_length", "Content-Length must be a non-negative integer.")
+        raise RequestError("bad_content_length")
     if len(value.lstrip("0")) > 12 or int(value) > MAX_BODY_BYTES:
         raise _body_too_large()
     return int(value)
 
 
 def _body_too_large() -> RequestError:
-    return RequestError(413, "body_too_large", f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    return RequestError("body_too_large", f"The request body is larger than {MAX_BODY_BYTES} bytes.")
 
 
 def _bad_chunk(message: str) -> RequestError:
-    return RequestError(400, "bad_chunked_body", message)
+    return RequestError("bad_chunked_body", message)
 
 
 # chunk-size [ chunk-ext ] (RFC 9112 7.1): hex digits, then extensions that are ignored.
@@ -140,5 +140,5 @@ class ChunkedBody:
             return
         self._trailers += 1
         if self._trailers > MAX_HEADER_LINES:
-            raise RequestError(431, "header_too_large", f"A chunked body may have at most {MAX_HEADER_LINES} trailer fields.")
+            raise RequestError("header_too_large", f"A chunked body may have at most {MAX_HEADER_LINES} trailer fields.")
         parse_header_line(line)  # checked for shape, then ignored (RFC 9112 7.1.2)

@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable
 
+from .answers import meaning
 from .proxies import ForwardedView
 
 __all__ = [
@@ -166,34 +167,37 @@ class Response:
     close: bool = False  # close the connection after this response
 
 
-def json_error(status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = (), **extra) -> Response:
-    """An error answer: ``{"error": code, "message": message, **extra}`` (CONTRACT 3)."""
-    body = json.dumps({"error": code, "message": message, **extra}).encode()
-    return Response(status, [("Content-Type", "application/json"), *headers], body)
+def json_error(code: str, message: str | None = None, headers: Iterable[tuple[str, str]] = (), **extra) -> Response:
+    """An error answer: ``{"error": code, "message": message, **extra}`` (CONTRACT 3), with the
+    status, default message and headers the table of answers (``recsvc.answers``) gives ``code``."""
+    row = meaning(code)
+    body = json.dumps({"error": code, "message": message or row.message, **extra}).encode()
+    return Response(row.status, [("Content-Type", "application/json"), *row.headers, *headers], body)
 
 
 class RequestError(Exception):
-    """A request the transport refuses; it knows its status and JSON code."""
+    """A request the transport refuses; its code names its status (``recsvc.answers``)."""
 
-    def __init__(self, status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = ()):
-        super().__init__(message)
-        self.status = status
+    def __init__(self, code: str, message: str | None = None, headers: Iterable[tuple[str, str]] = ()):
+        row = meaning(code)
+        super().__init__(message or row.message)
+        self.status = row.status
         self.code = code
-        self.message = message
+        self.message = message or row.message
         self.headers = tuple(headers)
 
     def response(self) -> Response:
-        response = json_error(self.status, self.code, self.message, self.headers)
+        response = json_error(self.code, self.message, self.headers)
         response.close = True  # CONTRACT 6: a refused request ends its connection
         return response
 
 
 def _bad_request(message: str) -> RequestError:
-    return RequestError(400, "bad_request", message)
+    return RequestError("bad_request", message)
 
 
 def _header_too_large() -> RequestError:
-    return RequestError(431, "header_too_large",
+    return RequestError("header_too_large",
                         f"Header lines are limited to {MAX_LINE_BYTES} bytes each and {MAX_HEADER_LINES} in all.")
 
 
@@ -211,11 +215,11 @@ def parse_request_line(line: bytes) -> tuple[str, str, str]:
     if not _VERSION.fullmatch(version):
         raise _bad_request("The request line must end with an HTTP version such as HTTP/1.1.")
     if version not in (b"HTTP/1.0", b"HTTP/1.1"):
-        raise RequestError(505, "http_version_not_supported", "Only HTTP/1.0 and HTTP/1.1 are supported.")
+        raise RequestError("http_version_not_supported")
     if not (_ORIGIN_FORM.fullmatch(target) or _ABSOLUTE_FORM.fullmatch(target)):
         raise _bad_request("The request target must be a path starting with '/' (or an http URL), in visible ASCII.")
     if method.decode("ascii") not in METHODS:  # 405 for known methods is the app's job
-        raise RequestError(501, "not_implemented", "The request method is not implemented.")
+        raise RequestError("not_implemented")
     return method.decode("ascii"), target.decode("ascii"), version.decode("ascii")
 
 
@@ -266,7 +270,7 @@ class RequestHead:
     def too_long(self) -> RequestError:
         """The refusal of a line over MAX_LINE_BYTES: 414 for the request line, 431 for a header line."""
         if self.request_line is None:
-            return RequestError(414, "uri_too_long", f"The request line is longer than {MAX_LINE_BYTES} bytes.")
+            return RequestError("uri_too_long", f"The request line is longer than {MAX_LINE_BYTES} bytes.")
         return _header_too_large()
 
     def feed_line(self, line: bytes) -> bool:

@@ -319,7 +319,7 @@ class _Connection:
             request, keep_alive = self._read_request(deadline)
         except _Timeout:
             if self.reader.received_since_mark:
-                self._answer_error(RequestError(408, "request_timeout", "The request was not received in time."))
+                self._answer_error(RequestError("request_timeout"))
             return False
         except _PeerClosed:
             if self.reader.received_since_mark:
@@ -345,7 +345,7 @@ class _Connection:
                 # A bug in the app: one line with its traceback, and a 500 without one.
                 logger.exception("the app failed on %s %s", request.method, request.path)
                 _close_body(getattr(response, "body", None))
-                response = json_error(500, "internal_error", "Internal server error.")
+                response = json_error("internal_error", "Internal server error.")
                 response.close = True
                 head, body, keep_alive = render_response(response, request.method, request.version, False)
             sent, complete = self._write(head, body)
@@ -437,7 +437,7 @@ class _Connection:
 
 
 def _too_many_connections() -> RequestError:
-    return RequestError(503, "too_many_connections", "Too many connections; try again shortly.", [("Retry-After", "1")])
+    return RequestError("too_many_connections")
 
 
 class HTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):

@@ -4,7 +4,8 @@ Theory of operation. The document is written here as data, by hand, in the
 contract's words; it is not generated from the route table, so comparing
 the two (``route_template`` turns a ``routes.Route`` back into its path
 template) is a real check that neither forgot a route. ``ERROR_CODES`` is
-every machine code an error body can carry, with its status and meaning;
+every machine code an error body can carry, with its status and meaning, as
+the table of answers (``recsvc.answers``) gives them;
 each response lists the codes it may carry under ``x-error-codes``, and the
 ``Error`` schema enumerates them all. HEAD operations are derived from GET
 ones, as ``routes.make_route`` derives them.
@@ -16,58 +17,15 @@ import copy
 import re
 
 from . import __version__
+from .answers import ERRORS, TRANSPORT_CODES, play_codes
 from .job_filters import MAX_LIMIT as MAX_JOBS, STATUSES as JOB_STATUSES
 from .routes import Route
 
 OPENAPI_VERSION = "3.1.0"
 CALL_SID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
 
-# Every "error" an error body may carry: code -> (status, meaning). CONTRACT 3, 4, 5, 6.
-ERROR_CODES: dict[str, tuple[int, str]] = {
-    "unauthorized": (401, "No, malformed or wrong bearer token, or a bad, expired or altered signed link (3 row 1, 6)."),
-    "invalid_call_sid": (400, "call_sid does not match ^[A-Za-z0-9_-]{1,64}$ on the raw path (3 row 2)."),
-    "call_not_found": (404, "No such call for this business (3 row 3)."),
-    "no_recording_url": (404, "The call has no recording_url (3 row 5)."),
-    "recording_not_found_upstream": (404, "The upstream answered 404 or 410 for the recording (3 row 6)."),
-    "worker_not_processing_queue": (500, "No live worker (3 row 7), or the retry limit was reached after a stuck job (3 row 10c)."),
-    "recording_download_failed": (500, "The retry limit was reached after download failures (3 row 10c)."),
-    "range_not_satisfiable": (416, "The one range asked for lies outside the recording (5)."),
-    "invalid_json": (400, "The request body is not a JSON object (6)."),
-    "invalid_body": (400, "The JSON body lacks a field or a field has the wrong type (6)."),
-    "invalid_business_id": (400, "business_id in the path is not plain ASCII digits (6)."),
-    "invalid_request": (400, "A query field that must be digits is not plain ASCII digits, more than 20 query fields, "
-                             "or a GET /admin/jobs status, limit or since the route does not take (6)."),
-    "twilio_account_taken": (409, "The Twilio account is already registered to another business (6)."),
-    "recording_url_not_allowed": (422, "The URL's host is not in allow-upstream, or its scheme is not https (6)."),
-    "not_found": (404, "No such path, an /admin/* path while no admin token is set, or an id outside 1..2^63-1 (6)."),
-    "method_not_allowed": (405, "A known path with another method; Allow lists the ones it takes (6)."),
-    "not_implemented": (501, "A method other than GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS (6)."),
-    "bad_request": (400, "A malformed request line or header line, or an HTTP/1.1 request without one Host (6)."),
-    "unsupported_transfer_encoding": (501, "A transfer coding other than chunked on a request; the connection is closed (6)."),
-    "bad_framing": (400, "Transfer-Encoding with Content-Length, or chunked named twice; the connection is closed (6)."),
-    "bad_chunked_body": (400, "A malformed chunked request body; the connection is closed (6)."),
-    "bad_content_length": (400, "A malformed, negative or doubled Content-Length; the connection is closed (6)."),
-    "length_required": (411, "A PUT or POST with neither Content-Length nor a chunked body (6)."),
-    "body_too_large": (413, "A request body over 64 KiB, decoded (6)."),
-    "uri_too_long": (414, "A request line over 8 KiB (6)."),
-    "header_too_large": (431, "A header line over 8 KiB, or more than 100 header lines (6)."),
-    "request_timeout": (408, "The request head did not arrive within the idle timeout (2, --idle-timeout)."),
-    "http_version_not_supported": (505, "Only HTTP/1.0 and HTTP/1.1 are spoken."),
-    "too_many_connections": (503, "Past --max-connections; the connection is closed (2)."),
-    "storage_busy": (503, "The database stayed locked; ask again after Retry-After (3, storage faults)."),
-    "storage_unavailable": (503, "Disk full, I/O error or read-only storage; nothing changed; ask again after "
-                                 "Retry-After (3, storage faults)."),
-    "counter_unavailable": (503, "The retry counter backend did not answer (GET /admin/retry-counters)."),
-    "invalid_signature": (403, "A Twilio webhook without a valid X-Twilio-Signature of a registered account."),
-    "business_not_found": (404, "No business with that id."),
-    "internal_error": (500, "An unexpected failure; never carries a traceback (6)."),
-}
-
-# Errors the transport or the choke point may answer on any operation.
-TRANSPORT_CODES = ("not_found", "method_not_allowed", "not_implemented", "bad_request", "unsupported_transfer_encoding",
-                   "bad_framing", "bad_chunked_body", "bad_content_length", "length_required", "body_too_large", "uri_too_long", "header_too_large",
-                   "request_timeout", "http_version_not_supported", "too_many_connections", "storage_busy",
-                   "storage_unavailable", "internal_error")
+# code -> (status, meaning), read from the one table of answers (recsvc.answers).
+ERROR_CODES: dict[str, tuple[int, str]] = {code: (m.status, m.meaning) for code, m in ERRORS.items()}
 
 
 def route_template(route: Route) -> str:
@@ -146,11 +104,11 @@ def _paths() -> dict:
                       "query fields (6).", "invalid_call_sid", "invalid_request"),
         "401": UNAUTHORIZED,
         "404": _error("No such call, no recording URL, or the upstream has no such recording (3 rows 3, 5, 6).",
-                      "call_not_found", "no_recording_url", "recording_not_found_upstream"),
+                      *play_codes(404)),
         "416": _error("The range is outside the recording; Content-Range is bytes */size (5).",
                       "range_not_satisfiable", headers=("Content-Range",)),
         "500": _error("No live worker (3 row 7) or the retry limit reached (3 row 10c); the player stops (7).",
-                      "worker_not_processing_queue", "recording_download_failed", "internal_error",
+                      *play_codes(500), "internal_error",
                       headers=("Retry-After", "Preference-Applied"), schema="PlayFailure"),
     }, security=[*BUSINESS, {"signedLinkExp": [], "signedLinkSig": []}], tag="recordings",
         parameters=("CallSid", "Prefer", "Range", "IfNoneMatch", "IfRange", "IfModifiedSince", "Exp", "Sig"))

@@ -612,9 +612,3 @@ class RecordingService:
             "recsvc_cache_files": ("Cached recordings.", [((), cache_files)]),
         }
 
-
-def retry_after_for(result: PlayResult, settings: Settings) -> int:
-    """Retry-After of a 202: recovery-retry-after right after a retry, else retry-after (CONTRACT 3)."""
-    if isinstance(result.outcome, RetryAllowed):
-        return wait_seconds(settings.recovery_retry_after)
-    return wait_seconds(settings.retry_after)

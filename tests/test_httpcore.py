@@ -993,7 +993,7 @@ def test_request_repr_does_not_show_header_values():
 
 
 def test_json_error_shape():
-    response = json_error(404, "call_not_found", "No such call.", [("X-A", "1")], call_sid="CA1")
+    response = json_error("call_not_found", "No such call.", [("X-A", "1")], call_sid="CA1")
     assert response.status == 404 and ("Content-Type", "application/json") in response.headers
     assert ("X-A", "1") in response.headers
     assert json.loads(response.body) == {"error": "call_not_found", "message": "No such call.", "call_sid": "CA1"}
