@@ -32,7 +32,7 @@ from .links import LinkSigner
 from .media import Conditions, plan_response, strong_etag
 from .metrics import Metrics
 from .openapi import openapi_document
-from .routes import ROUTES, Matched, MethodNotAllowed, Route, match
+from .routes import Matched, MethodNotAllowed, Route, bind, make_route, match
 from .static_files import PAGES, StaticFiles, plain_index
 from .service import PlayRequest, PlayResult, RecordingService, TwilioAccountTaken, valid_call_sid
 from .settings import Settings
@@ -187,14 +187,14 @@ class Api:
         self.clock = clock
         self.cache = cache
         self._admin_token = settings.admin_token.encode() if settings.admin_token else None
-        self.routes: tuple[Route, ...] = ROUTES
+        self.routes: tuple[Route, ...] = bind(ROUTES, self)
         # The other serving processes' metrics families (serve --processes N; recsvc.prefork).
         self.peer_metrics: Callable[[], list] = list
         self.static = StaticFiles()
         self._plain_index = plain_index(__version__)
 
     def mount(self, route: Route) -> None:
-        """Add a route whose handlers are callables (the demo's drills use this)."""
+        """Add a route whose handlers are bound already (the demo's drills use this)."""
         self.routes = self.routes + (route,)
 
     # ------------------------------------------------------------ choke point
@@ -214,8 +214,7 @@ class Api:
             if not isinstance(found, Matched):
                 raise ApiError("not_found")
             route_name = found.route.name
-            handler = found.handler if callable(found.handler) else getattr(self, found.handler)
-            response = handler(request, **found.params)
+            response = found.handler(request, **found.params)
         except ApiError as exc:
             response = exc.response()
         except (StoreError, OSError) as exc:
@@ -482,3 +481,27 @@ class Api:
 
     def openapi_document(self, request: Request) -> Response:
         return json_response(200, openapi_document())
+
+
+# The route table (CONTRACT 3, 5, 6): each method with the handler that answers it.
+ROUTES: tuple[Route, ...] = (
+    make_route("recording_file", "/api/recordings/file/{call_sid}", get=Api.play),
+    make_route("recording_link", "/api/recordings/{call_sid}/link", post=Api.create_link),
+    make_route("call", "/api/calls/{call_sid}", get=Api.get_call, put=Api.put_call),
+    make_route("admin_businesses", "/admin/businesses", post=Api.create_business),
+    make_route("admin_business_twilio", "/admin/businesses/{business_id}/twilio", put=Api.register_twilio),
+    make_route("twilio_recording_status", "/webhooks/twilio/recording-status", post=Api.twilio_recording_status),
+    make_route("admin_pause", "/admin/workers/pause", post=Api.pause_workers),
+    make_route("admin_resume", "/admin/workers/resume", post=Api.resume_workers),
+    make_route("admin_cleanup", "/admin/cleanup", post=Api.cleanup),
+    make_route("admin_jobs", "/admin/jobs", get=Api.list_jobs),
+    make_route("admin_retry_counter", "/admin/retry-counters/{business_id}/{call_sid}", get=Api.retry_counter),
+    make_route("healthz", "/healthz", get=Api.healthz),
+    make_route("readyz", "/readyz", get=Api.readyz),
+    make_route("metrics", "/metrics", get=Api.metrics_page),
+    make_route("openapi", "/openapi.json", get=Api.openapi_document),
+    make_route("index", "/", get=Api.static_page),
+    make_route("player_page", "/player", get=Api.static_page),
+    make_route("player_script", "/player.js", get=Api.static_page),
+    make_route("static", "/static/{name}", get=Api.static_page),
+)

@@ -1,6 +1,7 @@
-"""The route table and its pure matcher: a path and method to a handler name, or 404/405.
+"""Routes and their pure matcher: a path and method to a handler, or 404/405.
 
-Several patterns may match one path (``/api/recordings/file/link`` is both
+The table itself is ``recsvc.api.ROUTES``, each method next to the handler
+that answers it. Several patterns may match one path (``/api/recordings/file/link`` is both
 the file of call ``link`` and the link of call ``file``): the first route in
 table order that has the method answers, and 405 lists the methods of all
 of them.
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 
 @dataclass(frozen=True)
 class Route:
     name: str                       # a stable label for metrics and logs
     pattern: re.Pattern
-    handlers: dict[str, object]     # method -> handler: a method name of Api, or a callable(request, **params)
+    handlers: dict[str, Callable]   # method -> handler(request, **params), or a function of a class to bind
 
     @property
     def allow(self) -> str:
@@ -36,27 +38,11 @@ def make_route(name: str, template: str, **handlers) -> Route:
     return Route(name, re.compile(f"^{regex}$"), methods)
 
 
-ROUTES: tuple[Route, ...] = (
-    make_route("recording_file", "/api/recordings/file/{call_sid}", get="play"),
-    make_route("recording_link", "/api/recordings/{call_sid}/link", post="create_link"),
-    make_route("call", "/api/calls/{call_sid}", get="get_call", put="put_call"),
-    make_route("admin_businesses", "/admin/businesses", post="create_business"),
-    make_route("admin_business_twilio", "/admin/businesses/{business_id}/twilio", put="register_twilio"),
-    make_route("twilio_recording_status", "/webhooks/twilio/recording-status", post="twilio_recording_status"),
-    make_route("admin_pause", "/admin/workers/pause", post="pause_workers"),
-    make_route("admin_resume", "/admin/workers/resume", post="resume_workers"),
-    make_route("admin_cleanup", "/admin/cleanup", post="cleanup"),
-    make_route("admin_jobs", "/admin/jobs", get="list_jobs"),
-    make_route("admin_retry_counter", "/admin/retry-counters/{business_id}/{call_sid}", get="retry_counter"),
-    make_route("healthz", "/healthz", get="healthz"),
-    make_route("readyz", "/readyz", get="readyz"),
-    make_route("metrics", "/metrics", get="metrics_page"),
-    make_route("openapi", "/openapi.json", get="openapi_document"),
-    make_route("index", "/", get="static_page"),
-    make_route("player_page", "/player", get="static_page"),
-    make_route("player_script", "/player.js", get="static_page"),
-    make_route("static", "/static/{name}", get="static_page"),
-)
+def bind(routes: tuple[Route, ...], owner: object) -> tuple[Route, ...]:
+    """The routes with each handler, a function of ``owner``'s class, bound to ``owner``."""
+    return tuple(Route(route.name, route.pattern,
+                       {method: handler.__get__(owner) for method, handler in route.handlers.items()})
+                 for route in routes)
 
 
 # CONTRACT 6: answered even when every --max-connections slot is taken, from a reserve of their own.
@@ -82,7 +68,7 @@ class MethodNotAllowed:
     allow: str  # every method of every route that matched (the Allow header)
 
 
-def match(method: str, raw_path: str, routes: tuple[Route, ...] = ROUTES) -> Matched | NotFound | MethodNotAllowed:
+def match(method: str, raw_path: str, routes: tuple[Route, ...]) -> Matched | NotFound | MethodNotAllowed:
     """The first route that matches the path and has the method; 405 only when none of the
     routes matching the path has it (CONTRACT 6: ``POST /api/recordings/file/link`` links the
     call named ``file``, ``GET`` of the same path plays the call named ``link``)."""

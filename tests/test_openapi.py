@@ -10,7 +10,7 @@ import pytest
 from recsvc import openapi
 from recsvc.answers import ERRORS
 from recsvc.openapi import ERROR_CODES, openapi_document, route_template
-from recsvc.routes import ROUTES
+from recsvc.api import ROUTES
 
 
 
