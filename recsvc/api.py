@@ -24,7 +24,8 @@ from typing import Callable
 from . import __version__
 from .answers import FILE, PLAY, PROCESSING, RETRY_LIMIT, meaning
 from .cache import RecordingCache
-from .clock import Clock, iso_utc, wait_seconds
+from .clock import Clock, iso_utc
+from .model import wait_seconds
 from .counter import CounterError
 from .http_protocol import FileBody, Request, Response, json_error
 from .job_filters import parse_job_filters

@@ -23,7 +23,8 @@ from typing import Callable
 from .api import Api
 from .cache import RecordingCache
 from .clock import Clock, system_clock
-from .counter import RetryCounter, open_counter
+from .counter import RetryCounter
+from .counters import open_counter
 from .files import RecordingFiles
 from .httpcore import HTTPServer
 from .links import LinkSigner, load_secret

@@ -7,7 +7,6 @@ rules and the retry window with a fake clock and never sleep minutes.
 
 from __future__ import annotations
 
-import math
 import time
 from datetime import datetime, timezone
 from typing import Callable
@@ -24,7 +23,3 @@ def iso_utc(timestamp: float | None) -> str | None:
     moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
-
-def wait_seconds(seconds: float) -> int:
-    """A duration telling a client to wait: whole seconds, rounded up, at least 1 (CONTRACT 1)."""
-    return max(1, math.ceil(seconds - 1e-9))

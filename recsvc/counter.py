@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Callable, Protocol
 
-if TYPE_CHECKING:
-    from recsvc.store import Store
+from .model import nearest_seconds
 
 
 class CounterError(Exception):
@@ -55,18 +54,13 @@ def retry_key(business_id: int, call_sid: str) -> str:
     return f"recording_retry_attempts:{business_id}:{call_sid}"
 
 
-def redis_ttl(seconds_left: float) -> int:
-    """Round a remaining lifetime the way Redis's TTL command does (to nearest)."""
-    return int(seconds_left * 1000 + 500) // 1000
-
-
 def entry_ttl(entry: tuple[int, float | None] | None, now: float) -> int:
     """TTL of a live ``(value, expires_at)`` entry as Redis reports it: -2 absent (None), -1 no expiry."""
     if entry is None:
         return -2
     if entry[1] is None:
         return -1
-    return redis_ttl(entry[1] - now)
+    return nearest_seconds(entry[1] - now)  # Redis's TTL rounds to the nearest second
 
 
 class MemoryCounter:
@@ -166,31 +160,3 @@ class MemoryCounter:
 
     def close(self) -> None:
         pass
-
-
-def open_counter(url: str, clock: Callable[[], float] = time.time, *, store: "Store | None" = None,
-                 on_outage: Callable[[], None] = lambda: None) -> RetryCounter:
-    """Build the counter named by ``--counter`` (validated by settings).
-
-    ``redis://[:password@]host:port/db`` gives a RedisCounter behind a
-    FallbackCounter (CONTRACT 3: the limit holds while Redis is unreachable;
-    ``on_outage`` is told when an outage starts); it connects on first use,
-    and keeps time by the server's clock, not ``clock``. A bad
-    redis:// URL raises ValueError saying what is wrong. ``sqlite://`` gives a
-    SqliteCounter in ``store``'s database, the one the service itself uses.
-    """
-    if url == "memory://":
-        return MemoryCounter(clock)
-    if url.startswith("redis://"):
-        # imported here: they import this module
-        from recsvc.fallback_counter import FallbackCounter
-        from recsvc.redis_counter import RedisCounter
-
-        return FallbackCounter(RedisCounter(url), MemoryCounter(clock), on_outage=on_outage)
-    if url == "sqlite://":
-        if store is None:
-            raise ValueError("sqlite:// keeps the counter in the service's database: pass its store")
-        from recsvc.sqlite_counter import SqliteCounter  # imported here: it imports this module
-
-        return SqliteCounter(store, clock)
-    raise ValueError(f"unsupported counter URL {url!r}")

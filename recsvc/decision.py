@@ -23,16 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .model import (ACTIVE_STATUSES, COMPLETED, FAILED, QUEUED, RUNNING, STORAGE_ERROR, STUCK, UPSTREAM_NOT_FOUND,
-                    Call, Job)
-from .settings import Settings
+                    Call, Job, nearest_seconds, wait_seconds)
+from .settings import LIVENESS_BEATS, Settings
 
 # ---------------------------------------------------------------- section 4
-
-
-def whole_seconds(seconds: float) -> int:
-    """``n`` of a reason text (CONTRACT 4): rounded to the nearest second, so a job stuck
-    past a fractional job-timeout of 0.5 s reads "1s", not "0s"."""
-    return int(seconds + 0.5)
 
 
 def stuck_reason(job: Job, now: float, settings: Settings) -> str | None:
@@ -45,7 +39,7 @@ def stuck_reason(job: Job, now: float, settings: Settings) -> str | None:
     if job.status == QUEUED:
         waited = now - job.created_at
         if waited > settings.job_timeout:
-            return f"queued {whole_seconds(waited)}s without worker pickup"
+            return f"queued {nearest_seconds(waited)}s without worker pickup"
         return None
     if job.status != RUNNING:
         return None
@@ -55,14 +49,14 @@ def stuck_reason(job: Job, now: float, settings: Settings) -> str | None:
         return "marked running but no started_at"
     interval = job.worker_heartbeat_interval or settings.heartbeat_interval
     beat = job.heartbeat_at if job.heartbeat_at is not None else job.started_at
-    if now - beat > 3 * interval:
-        return f"worker heartbeat lost {whole_seconds(now - beat)}s ago"
+    if now - beat > LIVENESS_BEATS * interval:
+        return f"worker heartbeat lost {nearest_seconds(now - beat)}s ago"
     return None
 
 
 def running_too_long(seconds: float) -> str:
     """The reason text of the second stuck rule, also given by a worker that cut a try at the job's deadline."""
-    return f"running {whole_seconds(seconds)}s without completion"
+    return f"running {nearest_seconds(seconds)}s without completion"
 
 
 # The labels stuck_kind returns, so /metrics can show each at 0 before it first happens.
@@ -223,4 +217,4 @@ def decide_retry(attempts: int | None, ttl: int | None, last_failure: str | None
         return RetryAllowed()
     error = WORKER_NOT_PROCESSING_QUEUE if last_failure == STUCK else RECORDING_DOWNLOAD_FAILED
     seconds = ttl if ttl is not None and ttl > 0 else settings.retry_window
-    return RetryRefused(error=error, attempts=attempts, retry_after=max(1, int(-(-seconds // 1))))
+    return RetryRefused(error=error, attempts=attempts, retry_after=wait_seconds(seconds))

@@ -41,6 +41,7 @@ from typing import Callable
 from .api import UNAUTHORIZED, ApiError, bearer_token, json_response
 from .app import DATABASE_FILE, App
 from .demo_audio import tune_for
+from .logs import configure_logging
 from .fake_upstream import FakeUpstream, Script
 from .http_protocol import Request, Response
 from .routes import make_route
@@ -487,8 +488,6 @@ def banner(demo: Demo, base_url: str) -> str:
 
 def run_demo(args: argparse.Namespace, wait_for_signal: Callable[[], None]) -> int:
     """The ``demo`` command: start, print the page URL, serve until SIGINT/SIGTERM, exit 0."""
-    from .cli import configure_logging
-
     try:
         settings = demo_settings(args)
         if args.fresh:

@@ -32,19 +32,12 @@ import tempfile
 from typing import Mapping
 
 from recsvc.client import Progress, RecordingClient, RecordingError
+from recsvc.media import AUDIO_TYPES
 from recsvc.outcomes import EXIT_ERROR, EXIT_OK, EXIT_USAGE, OUTCOMES, exit_codes_help, words
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 DEFAULT_MAX_WAIT = 180.0
 DEFAULT_COLUMNS = 80
-
-# CONTRACT 5: the content types the service serves.
-EXTENSIONS = {
-    "audio/wav": "wav",
-    "audio/mpeg": "mp3",
-    "audio/ogg": "ogg",
-    "audio/flac": "flac",
-}
 
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -134,7 +127,7 @@ def main(argv: list[str] | None = None, *, stdout=None, stderr=None, environ: Ma
 def default_filename(call_sid: str, content_type: str) -> str:
     # Only a valid call_sid is ever served (CONTRACT 3, row 2); the
     # replacement keeps a file name in the current directory regardless.
-    return f"{_UNSAFE_IN_NAME.sub('_', call_sid)}.{EXTENSIONS.get(content_type, 'bin')}"
+    return f"{_UNSAFE_IN_NAME.sub('_', call_sid)}.{AUDIO_TYPES.get(content_type, 'bin')}"
 
 
 def write_atomically(path: str, data: bytes) -> None:

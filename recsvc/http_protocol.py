@@ -97,7 +97,7 @@ _REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 
 
 class _DateHeader:
-    """The Date value of this second: formatting it per response cost ~3% of the 202 poll's CPU."""
+    """The Date value of this second, formatted once per second rather than per response (the 202 poll's CPU)."""
 
     def __init__(self):
         self._lock = threading.Lock()  # guards _second and _value

@@ -8,8 +8,7 @@ and decides nothing about recordings. Turning bytes into values and values
 into bytes is pure and lives in ``recsvc.http_protocol`` (h11-style, no
 sockets there): parsing a request head, rendering a response, and every
 refusal as a ``RequestError`` that carries its status (CONTRACT 6, "HTTP
-hygiene"). The names of that module the rest of recsvc uses (``Request``,
-``Response``, ``FileBody``, ``json_error``, ...) are re-exported here.
+hygiene").
 
 ``_Connection`` serves one accepted socket on one thread, cycling through
 these states until one of them says *close*::
@@ -65,28 +64,11 @@ from .http_protocol import (
     Response,
     head_end,
     json_error,
-    parse_header_line,
-    parse_request_line,
     render_response,
     request_target,
     wants_keep_alive,
 )
 from .proxies import TrustedProxies
-
-__all__ = [
-    "HTTPServer",
-    "Request",
-    "Response",
-    "FileBody",
-    "json_error",
-    "RequestError",
-    "parse_request_line",
-    "parse_header_line",
-    "body_length",
-    "wants_keep_alive",
-    "render_response",
-    "send_file",
-]
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("recsvc.access")

@@ -6,6 +6,7 @@ use the contract's field names and ISO 8601 UTC times.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .clock import iso_utc
@@ -108,3 +109,16 @@ class TwilioAccount:
 
     def __repr__(self) -> str:  # the auth token never reaches a log
         return f"TwilioAccount(account_sid={self.account_sid!r}, business_id={self.business_id})"
+
+
+# ---------------------------------------------------------------- whole seconds (CONTRACT 1, 3, 4)
+
+def nearest_seconds(seconds: float) -> int:
+    """A duration told as whole seconds, half up: the ``n`` of a stuck reason (CONTRACT 4; a job
+    stuck past a job-timeout of 0.5 s reads "1s", not "0s") and a TTL as Redis reports it."""
+    return int(seconds + 0.5)
+
+
+def wait_seconds(seconds: float) -> int:
+    """A duration telling a client to wait: whole seconds, rounded up, at least 1 (CONTRACT 1)."""
+    return max(1, math.ceil(seconds - 1e-9))

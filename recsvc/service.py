@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable
 
-from .clock import Clock, iso_utc, wait_seconds
+from .clock import Clock, iso_utc
 from .counter import CounterError, RetryCounter, retry_key
 from .decision import (
     CallNotFound, FirstJob, NoLiveWorker, NoRecordingUrl, PlayFacts, PlayOutcome, Processing,
@@ -43,7 +43,7 @@ from .decision import (
 from .links import LinkSigner
 from .files import HOSTNAME, TEMP_SUFFIX, RecordingFiles
 from .metrics import Metrics
-from .model import STUCK, SUPERSEDED, TWILIO_CREDENTIALS, Call, Job, Recording, TwilioAccount
+from .model import STUCK, SUPERSEDED, TWILIO_CREDENTIALS, Call, Job, Recording, TwilioAccount, wait_seconds
 from .settings import Settings
 from .store import Store, StoreBusy, StoreError, Tx
 from .twilio import RecordingStatus, media_url
@@ -135,7 +135,7 @@ class RecordingService:
         self.waiters = waiters
         # The play route's read path (credentials, one snapshot, the decision) is pure
         # CPU under the GIL: one request at a time through it, instead of every
-        # connection thread at once, serves more 202 polls with a lower p99 (make bench).
+        # connection thread at once, serves more 202 polls with a lower p99 (docs/measurements.md).
         # Nothing that can block for long (write locks, held requests, the counter,
         # sending) runs inside it.
         self._read_gate = threading.Lock()

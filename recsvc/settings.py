@@ -20,6 +20,10 @@ from typing import Callable, Mapping
 
 from .proxies import parse_networks
 
+# CONTRACT 1 and 4: a worker, and the job it runs, are live while the last heartbeat is
+# fresher than this many of that worker's heartbeat intervals.
+LIVENESS_BEATS = 3
+
 
 class SettingsError(ValueError):
     """A setting was refused at start (CONTRACT 2): the message names the flag."""
@@ -54,7 +58,7 @@ class Settings:
     @property
     def liveness_window(self) -> float:
         """A worker is live while its heartbeat is fresher than this (CONTRACT 1)."""
-        return 3 * self.heartbeat_interval
+        return LIVENESS_BEATS * self.heartbeat_interval
 
     @property
     def sweep_interval(self) -> float:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from .model import COMPLETED, FAILED, QUEUED, RUNNING, Call, Job, Recording, TwilioAccount
+from .settings import LIVENESS_BEATS
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ SQL = {
     "play_snapshot": "SELECT c.recording_url, c.created_at, "
                      "r.recording_url, r.path, r.size, r.sha256, r.content_type, r.stored_at, "
                      f"{_JOB_COLUMNS}, "
-                     "EXISTS (SELECT 1 FROM workers WHERE heartbeat_at > ?3 - 3 * heartbeat_interval "
+                     f"EXISTS (SELECT 1 FROM workers WHERE heartbeat_at > ?3 - {LIVENESS_BEATS} * heartbeat_interval "
                      "        AND threads > 0 AND (SELECT workers_paused FROM control WHERE id = 1) = 0) "
                      "FROM calls AS c "
                      "LEFT JOIN recordings AS r ON r.business_id = c.business_id AND r.call_sid = c.call_sid "
@@ -245,9 +246,9 @@ SQL = {
     "probe_write": "UPDATE control SET workers_paused = workers_paused WHERE id = 1",
     "delete_worker": "DELETE FROM workers WHERE id = ?",
     "all_workers": "SELECT id, host, pid, threads, heartbeat_interval, started_at, heartbeat_at FROM workers",
-    "live_worker": "SELECT 1 FROM workers WHERE heartbeat_at > ? - 3 * heartbeat_interval "
+    "live_worker": f"SELECT 1 FROM workers WHERE heartbeat_at > ? - {LIVENESS_BEATS} * heartbeat_interval "
                    "AND threads > 0 AND (SELECT workers_paused FROM control WHERE id = 1) = 0 LIMIT 1",
-    "live_worker_count": "SELECT COUNT(*) FROM workers WHERE heartbeat_at > ? - 3 * heartbeat_interval "
+    "live_worker_count": f"SELECT COUNT(*) FROM workers WHERE heartbeat_at > ? - {LIVENESS_BEATS} * heartbeat_interval "
                          "AND threads > 0",
     "get_paused": "SELECT workers_paused FROM control WHERE id = 1",
     "set_paused": "UPDATE control SET workers_paused = ? WHERE id = 1",
@@ -664,11 +665,9 @@ class Store:
     handed the connection the moment it is free, instead of polling SQLite's
     lock with sleeps. Readers share ``READ_CONNECTIONS``; in WAL mode they
     never wait for the writer. The pools are small and fixed because each
-    connection keeps its own page cache and prepared statements. When every
-    request and download thread could have one, ``make bench``'s first
-    process (16 download threads) held 31.0 to 31.4 MiB after seeding; with
-    these pools, 28.7 to 29.0 MiB, and the 202 poll and file send rates
-    stayed within run-to-run noise on 2 cores.
+    connection keeps its own page cache and prepared statements: a connection
+    per request and download thread holds memory and serves no faster
+    (docs/measurements.md).
     """
 
     BUSY_RETRIES = 5

@@ -524,10 +524,9 @@ def default_tls_context() -> ssl.SSLContext:
     """The system's trust store, certificates verified against the host name.
 
     Built on the first https download and then shared: each context loads
-    the whole trust store, about 1 MiB of native memory. Plain http never
-    builds it. The lock makes "once" hold when many download threads start
-    together: a cache without one let 16 threads build 15 contexts, and the
-    service held 47 MiB after its first downloads instead of 34.
+    the whole trust store in native memory. Plain http never builds it. The
+    lock makes "once" hold when many download threads start together:
+    without it, each of them may build a context of its own (docs/measurements.md).
     """
     global _default_context
     with _default_context_lock:

@@ -16,8 +16,9 @@ heartbeat interval (CONTRACT 4). Its threads are:
 
 Ownership: every status change a worker makes is a compare-and-set on
 (job id, status running, this worker id). A worker that lost its job (it was
-marked stuck meanwhile) changes no row; the complete, verified file it may
-have published stays, harmless, and is overwritten by the next download.
+marked stuck or superseded meanwhile) changes no row and publishes no file:
+the file is renamed into place under the write lock, after the ownership
+check, so a job that lost its place never replaces a newer file.
 
 Abandoning (CONTRACT 4). Each download in flight is held with a ``JobCut``.
 The heartbeat learns, in the statement that refreshes this worker's running

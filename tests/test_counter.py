@@ -18,7 +18,8 @@ import pytest
 from counter_contract import KEY, CounterContract
 from redis_server import RedisServer, free_port, requires_redis
 
-from recsvc.counter import CounterError, MemoryCounter, open_counter
+from recsvc.counter import CounterError, MemoryCounter
+from recsvc.counters import open_counter
 from recsvc.fallback_counter import FallbackCounter
 from recsvc.redis_counter import RedisAddress, RedisCounter, parse_redis_url
 

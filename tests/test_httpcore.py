@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from recsvc import httpcore
-from recsvc.httpcore import FileBody, HTTPServer, Request, Response, json_error
+from recsvc.http_protocol import FileBody, Request, Response, json_error, render_response
+from recsvc.httpcore import HTTPServer
 
 # ---------------------------------------------------------------- fixtures
 
@@ -1021,7 +1021,7 @@ def test_a_stock_http_client_keeps_one_connection(server):
 
 def test_render_keeps_app_date_and_server_and_drops_app_connection():
     response = Response(200, [("Server", "other"), ("Date", "x"), ("Connection", "keep-alive")], b"hi")
-    head, body, keep_alive = httpcore.render_response(response, "GET", "HTTP/1.1", True)
+    head, body, keep_alive = render_response(response, "GET", "HTTP/1.1", True)
     text = head.decode()
     assert text.count("Server:") == 1 and "Server: other" in text and text.count("Date:") == 1
     assert "Connection" not in text and keep_alive and body == b"hi"
@@ -1030,7 +1030,7 @@ def test_render_keeps_app_date_and_server_and_drops_app_connection():
 
 def test_render_honours_an_app_connection_close():
     response = Response(200, [("Connection", "close")], b"")
-    head, _, keep_alive = httpcore.render_response(response, "GET", "HTTP/1.1", True)
+    head, _, keep_alive = render_response(response, "GET", "HTTP/1.1", True)
     assert not keep_alive and head.decode().count("Connection: close") == 1
 
 
@@ -1047,7 +1047,7 @@ def test_render_honours_an_app_connection_close():
 )
 def test_render_refuses_responses_it_cannot_send_truthfully(response):
     with pytest.raises((ValueError, TypeError)):
-        httpcore.render_response(response, "GET", "HTTP/1.1", True)
+        render_response(response, "GET", "HTTP/1.1", True)
 
 
 # ---------------------------------------------------------------- socket options

@@ -21,7 +21,8 @@ import pytest
 from conftest import ROOT, FakeClock
 from counter_contract import KEY, LONG, OTHER, CounterContract
 
-from recsvc.counter import CounterError, open_counter
+from recsvc.counter import CounterError
+from recsvc.counters import open_counter
 from recsvc.sqlite_counter import SWEEP_BATCH, SqliteCounter
 from recsvc.store import Store
 
