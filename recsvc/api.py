@@ -261,12 +261,13 @@ class Api:
     # ------------------------------------------------------------ CONTRACT 3: playing a recording
 
     def play(self, request: Request, call_sid: str) -> Response:
-        link = None
-        if request.query and bearer_token(request) is None:
-            query_fields(request)  # only its limit: the signer reads the fields
+        token, link = bearer_token(request), None
+        if request.query and token is None:
+            if valid_call_sid(call_sid):  # a link to a call_sid that cannot be is 401 whatever its query
+                query_fields(request)  # only its limit: the signer reads the fields
             link = request.query
         wanted = prefer_wait(", ".join(value for name, value in request.headers if name == "prefer"))
-        result = self.service.play(PlayRequest(call_sid, bearer_token(request), link, wanted))
+        result = self.service.play(PlayRequest(call_sid, token, link, wanted))
         if result.hold is None:
             return self.render_play(request, result)
         result = self.service.hold(result, request.client_gone)  # CONTRACT 5b
