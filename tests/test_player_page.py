@@ -434,7 +434,9 @@ def test_recording_still_processing_at_max_wait_stops_at_timeout(browser, backen
     polls = requests_or_skip(backend, call_sid)
     assert 3 <= len(polls) <= 4, "Retry-After: 1 within a 3 s max_wait"
     first = polls[0].at
-    assert polls[-1].at - first < 3, "no request once max_wait has passed"
+    # The last request goes out when the cut wait ends, at max_wait by the browser's timer, which may fire a
+    # little late on a busy machine; one more Retry-After (1 s) would put it past 4 s.
+    assert polls[-1].at - first < 3.5, "no request once max_wait has passed"
     for poll in polls:
         left = 3 - (poll.at - first)
         assert poll.prefer_wait is None or poll.prefer_wait <= left + 0.2, (poll.prefer_wait, left)

@@ -241,17 +241,21 @@ def test_a_held_request_whose_client_leaves_frees_its_thread(make_harness, upstr
     while h.app.waiters.held_count() != 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert h.app.waiters.held_count() == 1
+    # The download's own threads (and the upstream's) are up before counting: only the held request's may go.
+    assert upstream.wait_for_hits("/rec/CAleave.wav", 1)
     threads_held = threading.active_count()
     sock.close()
     left = time.monotonic()
-    while (h.app.waiters.held_count() or h.app.http.connections) and time.monotonic() - left < 3:
+    # The connection's thread ends a moment after it gives its slot back: wait for all three.
+    while ((h.app.waiters.held_count() or h.app.http.connections or threading.active_count() >= threads_held)
+           and time.monotonic() - left < 3):
         time.sleep(0.01)
     freed_after = time.monotonic() - left
     print(f"\n[prefer-wait] held request freed {freed_after:.3f}s after its client left")
     assert h.app.waiters.held_count() == 0
     assert h.app.http.connections == 0
-    assert freed_after < 1.0
     assert threading.active_count() < threads_held
+    assert freed_after < 1.0
 
 
 # ---------------------------------------------------------------- a job run by another process
