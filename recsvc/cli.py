@@ -18,7 +18,7 @@ import threading
 
 from . import __version__
 from .logs import JsonLogFormatter, configure_logging
-from .settings import SETTINGS, SettingsError, add_setting_flags, load_settings, unknown_variables
+from .settings import SETTINGS, SettingsError, add_setting_flags, load_settings, parse_redis_url, unknown_variables
 
 log = logging.getLogger("recsvc")
 
@@ -137,7 +137,6 @@ def _fail(line: str) -> int:
 def _counter_shown(counter: str) -> str:
     """The counter URL for the start-up line: a Redis password never appears."""
     if counter.startswith("redis://"):
-        from .redis_counter import parse_redis_url
         return str(parse_redis_url(counter))
     return counter
 

@@ -25,22 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["ForwardedView", "TrustedProxies", "parse_networks"]
+__all__ = ["ForwardedView", "TrustedProxies"]
 
 _HOST = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:%\[\]]+")  # RFC 9110 host[:port], as in a Host header
-
-
-def parse_networks(text: str) -> tuple[str, ...]:
-    """``"127.0.0.1, 10.0.0.0/8, ::1"`` -> normalised networks; ValueError names a bad one."""
-    networks = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        try:
-            networks.append(str(ipaddress.ip_network(item, strict=False)))
-        except ValueError:
-            raise ValueError(f"names {item!r}, which is not an IP address or CIDR network") from None
-    return tuple(networks)
 
 
 @dataclass(frozen=True)

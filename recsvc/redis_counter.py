@@ -32,81 +32,14 @@ from __future__ import annotations
 
 import socket
 import threading
-from dataclasses import dataclass, field
 from typing import BinaryIO, Union
-from urllib.parse import unquote, urlsplit
 
 from recsvc.counter import CounterError
+from recsvc.settings import RedisAddress, parse_redis_url
 
-DEFAULT_PORT = 6379
 DEFAULT_TIMEOUT = 0.5
-_URL_SHAPE = "redis://[:password@]host[:port][/db]"
 _MAX_LINE = 64 * 1024  # a status, error or length line; counter replies are tiny
 _MAX_BULK = 1024 * 1024  # a counter value; anything bigger is not ours
-
-
-# ---- the address: parsed strictly, since a typo should stop start-up ----
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where the counter lives, from ``redis://[[user]:password@]host[:port][/db]``."""
-
-    host: str
-    port: int = DEFAULT_PORT
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    def __str__(self) -> str:
-        """The address for log lines: never the password."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"redis://{host}:{self.port}/{self.db}"
-
-
-def parse_redis_url(url: str) -> RedisAddress:
-    """Parse a counter URL or raise ValueError saying what is wrong with it.
-
-    The messages read after the flag name (``--counter must be ...``) and never
-    repeat the password.
-    """
-
-    def bad(detail: str) -> ValueError:
-        return ValueError(f"must be {_URL_SHAPE} ({detail})")
-
-    if not url.startswith("redis://"):
-        scheme = url.split("://", 1)[0] if "://" in url else ""
-        raise bad(f"the scheme {scheme!r} is not redis" if scheme else "no redis:// scheme")
-    if any(ch.isspace() for ch in url):
-        raise bad("it contains white space")
-    parts = urlsplit(url)
-    if parts.query or url.endswith("?"):
-        raise bad("a query string is not supported")
-    if parts.fragment or "#" in url:
-        raise bad("a fragment is not supported")
-    if not parts.hostname:
-        raise bad("no host")
-    if parts.netloc.endswith(":"):
-        raise bad("the port is empty")
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if port is None:
-        port = DEFAULT_PORT
-    if not 1 <= port <= 65535:
-        raise bad("the port must be a number from 1 to 65535")
-    if parts.path in ("", "/"):
-        db = 0
-    elif parts.path[1:].isdigit() and parts.path[1:].isascii():
-        db = int(parts.path[1:])
-    else:
-        raise bad("the database must be a number, as in /0")
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
-    if "@" in parts.netloc and not password:
-        raise bad("a user part needs a non-empty password, as in redis://:password@host")
-    return RedisAddress(parts.hostname, port, db, username, password)
 
 
 # ---- RESP2: encoding commands and reading replies, no socket in here ----

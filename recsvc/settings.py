@@ -15,10 +15,10 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Callable, Mapping
+from urllib.parse import unquote, urlsplit
 
-from .proxies import parse_networks
 
 # CONTRACT 1 and 4: a worker, and the job it runs, are live while the last heartbeat is
 # fresher than this many of that worker's heartbeat intervals.
@@ -27,6 +27,87 @@ LIVENESS_BEATS = 3
 
 class SettingsError(ValueError):
     """A setting was refused at start (CONTRACT 2): the message names the flag."""
+
+
+REDIS_DEFAULT_PORT = 6379
+_REDIS_URL_SHAPE = "redis://[:password@]host[:port][/db]"
+
+
+# ---- the values of --counter and --trusted-proxies: parsed strictly, since a typo should stop start-up ----
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where the counter lives, from ``redis://[[user]:password@]host[:port][/db]``."""
+
+    host: str
+    port: int = REDIS_DEFAULT_PORT
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        """The address for log lines: never the password."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """Parse a counter URL or raise ValueError saying what is wrong with it.
+
+    The messages read after the flag name (``--counter must be ...``) and never
+    repeat the password.
+    """
+
+    def bad(detail: str) -> ValueError:
+        return ValueError(f"must be {_REDIS_URL_SHAPE} ({detail})")
+
+    if not url.startswith("redis://"):
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        raise bad(f"the scheme {scheme!r} is not redis" if scheme else "no redis:// scheme")
+    if any(ch.isspace() for ch in url):
+        raise bad("it contains white space")
+    parts = urlsplit(url)
+    if parts.query or url.endswith("?"):
+        raise bad("a query string is not supported")
+    if parts.fragment or "#" in url:
+        raise bad("a fragment is not supported")
+    if not parts.hostname:
+        raise bad("no host")
+    if parts.netloc.endswith(":"):
+        raise bad("the port is empty")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is None:
+        port = REDIS_DEFAULT_PORT
+    if not 1 <= port <= 65535:
+        raise bad("the port must be a number from 1 to 65535")
+    if parts.path in ("", "/"):
+        db = 0
+    elif parts.path[1:].isdigit() and parts.path[1:].isascii():
+        db = int(parts.path[1:])
+    else:
+        raise bad("the database must be a number, as in /0")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if "@" in parts.netloc and not password:
+        raise bad("a user part needs a non-empty password, as in redis://:password@host")
+    return RedisAddress(parts.hostname, port, db, username, password)
+
+
+def parse_networks(text: str) -> tuple[str, ...]:
+    """``"127.0.0.1, 10.0.0.0/8, ::1"`` -> normalised networks; ValueError names a bad one."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"names {item!r}, which is not an IP address or CIDR network") from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True)
@@ -134,7 +215,6 @@ def _counter_url(text: str) -> str:
     if text in ("memory://", "sqlite://"):
         return text
     if text.startswith("redis://"):
-        from .redis_counter import parse_redis_url
         parse_redis_url(text)  # raises ValueError with a reason that never repeats a password
         return text
     if text.startswith("sqlite://"):  # the counter always lives in the data dir's database

@@ -21,7 +21,8 @@ from redis_server import RedisServer, free_port, requires_redis
 from recsvc.counter import CounterError, MemoryCounter
 from recsvc.counters import open_counter
 from recsvc.fallback_counter import FallbackCounter
-from recsvc.redis_counter import RedisAddress, RedisCounter, parse_redis_url
+from recsvc.redis_counter import RedisCounter
+from recsvc.settings import RedisAddress, parse_redis_url
 
 COUNTER_LOG = "recsvc.redis_counter"
 

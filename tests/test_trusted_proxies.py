@@ -10,7 +10,8 @@ import urllib.parse
 import pytest
 from conftest import wait_until
 
-from recsvc.proxies import ForwardedView, TrustedProxies, parse_networks
+from recsvc.proxies import ForwardedView, TrustedProxies
+from recsvc.settings import parse_networks
 from recsvc.settings import SettingsError, load_settings
 from recsvc.twilio import compute_signature
 
