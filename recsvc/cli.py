@@ -17,8 +17,8 @@ import sys
 import threading
 
 from . import __version__
-from .logs import JsonLogFormatter, configure_logging
-from .settings import SETTINGS, SettingsError, add_setting_flags, load_settings, parse_redis_url, unknown_variables
+from .contract.settings import SETTINGS, SettingsError, add_setting_flags, load_settings, parse_redis_url, unknown_variables
+from .run.logs import JsonLogFormatter, configure_logging
 
 log = logging.getLogger("recsvc")
 
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="HTTP API and, unless --workers 0, download workers")
     add_setting_flags(serve)
-    # Set by ``serve --processes N`` on the serving processes it starts (recsvc.prefork).
+    # Set by ``serve --processes N`` on the serving processes it starts (recsvc.run.prefork).
     for hidden in ("--listen-fd", "--parent-fd", "--queued-fd", "--process-index"):
         serve.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
     # The demo's module is imported only when it runs: serve and worker do without its imports.
@@ -172,11 +172,11 @@ def _warn_unknown_variables() -> None:
 
 
 def run_service(args: argparse.Namespace, http: bool) -> int:
-    from .app import App, StartError, prepare_data_dir
+    from .run.app import App, StartError, prepare_data_dir
 
     child = http and args.listen_fd is not None
     try:
-        # A serving process of --processes N answers requests only (recsvc.prefork).
+        # A serving process of --processes N answers requests only (recsvc.run.prefork).
         settings = load_settings(args, workers=0) if child else load_settings(args)
     except SettingsError as exc:
         return _fail(str(exc))
@@ -190,7 +190,7 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
     signals = _stop_on_signal()  # before the listening line: a signal right after it is not missed
     listen_socket = None
     if child:
-        from .prefork import adopt_socket, job_queued_notifier, watch_parent
+        from .run.prefork import adopt_socket, job_queued_notifier, watch_parent
         listen_socket = adopt_socket(args.listen_fd)
     app = None
     try:
@@ -211,7 +211,7 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
         app.job_queue_listeners.append(job_queued_notifier(args.queued_fd))
     group = None
     if settings.processes > 1 and not child:
-        from .prefork import ServingProcesses
+        from .run.prefork import ServingProcesses
         group = ServingProcesses(app.http.socket, _given_flags(args), settings.processes - 1,
                                  stop_timeout=settings.shutdown_grace + 5,
                                  on_job_queued=app.pool.wake if app.pool else (lambda: None)).start()
@@ -250,7 +250,7 @@ def _announce_listening(settings, app) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo as demo_main
+    from .demo.demo import run_demo as demo_main
     signals = _stop_on_signal()
     return demo_main(args, wait_for_signal=lambda: _wait_for_signal(signals))
 
@@ -291,14 +291,14 @@ def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cap_malloc_arenas()  # before any thread allocates
-    if argv[:1] == ["fetch"]:  # the player on the command line has its own flags (recsvc.fetch)
-        from .fetch import main as fetch_main
+    if argv[:1] == ["fetch"]:  # the player on the command line has its own flags (recsvc.player.fetch)
+        from .player.fetch import main as fetch_main
         return fetch_main(argv[1:])
-    if argv[:1] == ["jobs"]:  # the operator's view of the jobs has its own flags (recsvc.jobs_command)
-        from .jobs_command import main as jobs_main
+    if argv[:1] == ["jobs"]:  # the operator's view of the jobs has its own flags (recsvc.run.jobs)
+        from .run.jobs import main as jobs_main
         return jobs_main(argv[1:])
-    if argv[:1] == ["conformance"]:  # the conformance kit has its own flags (recsvc.conformance)
-        from .conformance import main as conformance_main
+    if argv[:1] == ["conformance"]:  # the conformance kit has its own flags (recsvc.kit.conformance)
+        from .kit.conformance import main as conformance_main
         return conformance_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)

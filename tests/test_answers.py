@@ -7,11 +7,11 @@ import typing
 
 import pytest
 
-from recsvc import decision
-from recsvc.answers import ERRORS, FILE, PLAY, PROCESSING, RETRY_LIMIT, RETRY_LIMIT_CODES, play_codes
-from recsvc.api import ApiError
-from recsvc.conformance_http import Answer, Fail, expect_error
-from recsvc.http_protocol import RequestError, json_error
+from recsvc.contract import decision
+from recsvc.http.answers import ERRORS, FILE, PLAY, PROCESSING, RETRY_LIMIT, RETRY_LIMIT_CODES, play_codes
+from recsvc.http.api import ApiError
+from recsvc.kit.target import Answer, Fail, expect_error
+from recsvc.http.protocol import RequestError, json_error
 
 # What decide_play and decide_retry can return, less RetryNeeded: decide_retry settles it.
 OUTCOMES = {*typing.get_args(decision.PlayOutcome), decision.RetryAllowed, decision.RetryRefused,

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from recsvc.http_protocol import FileBody, Request, Response, json_error, render_response
-from recsvc.httpcore import HTTPServer
+from recsvc.http.protocol import FileBody, Request, Response, json_error, render_response
+from recsvc.http.server import HTTPServer
 
 # ---------------------------------------------------------------- fixtures
 
@@ -900,7 +900,7 @@ def test_app_exception_is_500_json_with_one_error_line(client, caplog, capsys):
     assert b"Traceback" not in body and b"RuntimeError" not in body
     assert c.is_closed()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and errors[0].name == "recsvc.httpcore" and errors[0].exc_info
+    assert len(errors) == 1 and errors[0].name == "recsvc.http.server" and errors[0].exc_info
     assert "Traceback" not in capsys.readouterr().err
     c2 = client()
     c2.send(get("/"))
@@ -926,7 +926,7 @@ def test_client_reset_mid_answer_costs_one_line_and_no_traceback(client, caplog,
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline and not any("disconnected" in r.getMessage() for r in caplog.records):
         time.sleep(0.02)
-    lines = [r for r in caplog.records if r.name == "recsvc.httpcore"]
+    lines = [r for r in caplog.records if r.name == "recsvc.http.server"]
     assert len(lines) == 1 and "disconnected during GET /big" in lines[0].getMessage()
     assert lines[0].levelno in (logging.INFO, logging.WARNING) and not lines[0].exc_info
     assert "Traceback" not in capsys.readouterr().err

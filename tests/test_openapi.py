@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from recsvc import openapi
-from recsvc.answers import ERRORS
-from recsvc.openapi import ERROR_CODES, openapi_document, route_template
-from recsvc.api import ROUTES
+from recsvc.http import openapi
+from recsvc.http.answers import ERRORS
+from recsvc.http.openapi import ERROR_CODES, openapi_document, route_template
+from recsvc.http.api import ROUTES
 
 
 

@@ -1,4 +1,4 @@
-"""``serve --processes N``: several real processes on one port, one contract (recsvc.prefork).
+"""``serve --processes N``: several real processes on one port, one contract (recsvc.run.prefork).
 
 Real processes and real sockets on 127.0.0.1: connections reach every
 process; /metrics from any of them shows all of them; the retry limit holds
@@ -22,9 +22,9 @@ from conftest import ROOT, wait_until
 from processes import SERVE_ARGS, Client
 from test_metrics import parse_metrics
 
-from recsvc.demo_audio import sized_wav
-from recsvc.metrics import Metrics
-from recsvc.prefork import MetricsExchange, job_queued_notifier, read_wakeups, watch_parent
+from recsvc.demo.audio import sized_wav
+from recsvc.core.metrics import Metrics
+from recsvc.run.prefork import MetricsExchange, job_queued_notifier, read_wakeups, watch_parent
 
 COUNTER = ("--counter", "sqlite://")
 STARTED = re.compile(r"serving process (\d+) started \(pid (\d+)\)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from recsvc.api import ROUTES
-from recsvc.routes import Matched, MethodNotAllowed, NotFound, match
+from recsvc.http.api import ROUTES
+from recsvc.http.routes import Matched, MethodNotAllowed, NotFound, match
 
 
 @pytest.mark.parametrize("method, path, route, params", [
@@ -50,7 +50,7 @@ def test_the_first_route_in_table_order_answers_when_several_have_the_method():
 
 
 def test_every_route_names_the_function_that_answers_it():
-    from recsvc.api import Api
+    from recsvc.http.api import Api
     for route in ROUTES:
         for method, handler in route.handlers.items():
             assert getattr(Api, handler.__name__) is handler, (route.name, method)

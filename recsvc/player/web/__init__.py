@@ -1,0 +1,1 @@
+"""Web assets served by recsvc (see recsvc.http.static)."""
