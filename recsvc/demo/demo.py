@@ -2,7 +2,7 @@
 
 Theory of operation. ``run_demo`` starts an ordinary recsvc (the same App as
 ``serve``) with short timings, plus an embedded ``FakeUpstream`` on loopback
-that serves real WAV tunes (``demo_audio.tune_for``). It creates (or, on a
+that serves real WAV tunes (``recsvc.demo.audio.tune_for``). It creates (or, on a
 re-run, reuses) one demo business and PUTs one call per ``SCENARIOS`` row (each run with fresh URLs),
 each pointing at an upstream path scripted to behave as that row says: fast,
 slow, missing, 404, 500, an HTML page instead of audio, or a hang. The

@@ -1,7 +1,7 @@
 """The HTTP surface of CONTRACT 3, 5 and 6: requests in, decisions out, rendered as responses.
 
 Theory of operation. ``Api`` is the application callable the transport
-(``httpcore``) calls once per request. It routes (``routes.match``),
+(``recsvc.http.server``) calls once per request. It routes (``routes.match``),
 reads the request's facts, calls the service once, and renders the outcome
 as the table of answers says (``recsvc.http.answers``); it never decides a status
 itself. Every error is an ``ApiError`` named by its machine code, whose status

@@ -1,1 +1,1 @@
-"""Web assets served by recsvc (see recsvc.http.static)."""
+"""The web player's page and script (CONTRACT 7), served by recsvc.http.static."""
