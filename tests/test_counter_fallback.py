@@ -18,7 +18,7 @@ from counter_contract import KEY, CounterContract
 from redis_server import free_port, requires_redis
 
 from processes import SERVE_ARGS, Client, put_calls
-from recsvc.storage.counter import MemoryCounter
+from recsvc.storage.counter import CounterError, MemoryCounter
 from recsvc.demo.audio import sized_wav
 from recsvc.storage.fallback_counter import FallbackCounter
 from recsvc.storage.redis_counter import RedisCounter
@@ -106,7 +106,7 @@ def test_during_an_outage_the_server_is_asked_at_most_once_per_interval():
     class Down:
         def get(self, key):
             asked.append(key)
-            raise __import__("recsvc.storage.counter").counter.CounterError("connection refused")
+            raise CounterError("connection refused")
 
         def close(self):
             pass
