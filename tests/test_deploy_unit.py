@@ -24,7 +24,7 @@ GOOD_ENOUGH = ("PERFECT", "SAFE", "OK")
 def unit_from_docs() -> str:
     with open(os.path.join(ROOT, "docs", "deploy.md"), encoding="utf-8") as handle:
         found = UNIT_BLOCK.search(handle.read())
-    assert found, "docs/deploy.md has no recsvc.core.service block"
+    assert found, "docs/deploy.md has no recsvc.service block"
     return found.group(1)
 
 
@@ -50,7 +50,7 @@ def test_systemd_analyze_rates_the_unit_ok_or_better(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not here (a systemd system has it): the rating cannot be checked")
-    unit = tmp_path / "recsvc.core.service"
+    unit = tmp_path / "recsvc.service"
     unit.write_text(unit_from_docs(), encoding="utf-8")
     done = subprocess.run([analyze, "security", "--offline=true", str(unit)], capture_output=True, text=True,
                           timeout=60)
