@@ -1,10 +1,10 @@
 """The SQLite store: schema, migrations and every SQL statement of recsvc.
 
-Theory of operation. Nothing else imports ``sqlite3``. The database is one
+Theory of operation. Nothing else uses ``sqlite3``. The database is one
 file in WAL mode (readers never wait for the writer) with a busy timeout.
-Connections come from two small pools, one for reads and one for writes
-(``Store``), so a request checks one out instead of connecting, and each
-connection is used by one thread at a time.
+Connections come from two small pools (``recsvc.storage.pool``), one for
+reads and one for writes, so a request checks one out instead of
+connecting, and each connection is used by one thread at a time.
 
 - ``store.reading()`` yields a ``Tx`` for reads (one consistent snapshot).
 - ``store.writing()`` yields a ``Tx`` inside ``BEGIN IMMEDIATE``: the write
@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -38,6 +37,7 @@ from typing import Iterator
 
 from ..contract.model import COMPLETED, FAILED, QUEUED, RUNNING, Call, Job, Recording, TwilioAccount
 from ..contract.settings import LIVENESS_BEATS
+from .pool import ConnectionPool, HeldConnections
 
 log = logging.getLogger(__name__)
 
@@ -553,66 +553,6 @@ class Tx:
         return self._run("counter_sweep", now, limit)
 
 
-class _Held(threading.local):
-    depth = 0  # connections of this store the current thread holds
-
-
-class _Pool:
-    """At most ``size`` connections, each opened on first need and then kept.
-
-    A thread holding none waits its turn (first come, first served) for one,
-    at most ``wait`` seconds, then gets ``StoreBusy``. A thread that already
-    holds a connection of the store never waits: it takes a free one or opens
-    an extra, closed after use. So a nested checkout cannot wait for itself,
-    and a thread that waits holds nothing another could be waiting for.
-    """
-
-    def __init__(self, connect, size: int, wait: float, held: _Held):
-        self._connect = connect
-        self._wait = wait
-        self._held = held
-        self._free: queue.SimpleQueue[sqlite3.Connection | None] = queue.SimpleQueue()
-        for _ in range(size):
-            self._free.put(None)  # a place whose connection is not open yet
-
-    def take(self) -> tuple[sqlite3.Connection, bool]:
-        """(a connection, whether it belongs to the pool)."""
-        held = self._held
-        try:
-            if held.depth:
-                conn = self._free.get_nowait()
-            else:
-                conn = self._free.get(timeout=self._wait)
-        except queue.Empty:
-            if not held.depth:
-                raise StoreBusy(f"no database connection came free within {self._wait:g}s") from None
-            conn, pooled = self._connect(), False
-        else:
-            pooled = True
-            if conn is None:
-                try:
-                    conn = self._connect()
-                except BaseException:
-                    self._free.put(None)
-                    raise
-        held.depth += 1
-        return conn, pooled
-
-    def give(self, conn: sqlite3.Connection, pooled: bool, close) -> None:
-        self._held.depth -= 1
-        if not pooled:
-            close(conn)
-            return
-        if conn.in_transaction:  # never hand a half-open transaction to the next user
-            try:
-                conn.rollback()
-            except BaseException:
-                close(conn)
-                self._free.put(None)
-                raise
-        self._free.put(conn)
-
-
 class _Checkout:
     """``with store._connection(write) as conn``: a pooled connection for the block, given back after it.
 
@@ -623,7 +563,7 @@ class _Checkout:
 
     __slots__ = ("_store", "_pool", "_conn", "_pooled")
 
-    def __init__(self, store: Store, pool: _Pool):
+    def __init__(self, store: Store, pool: ConnectionPool):
         self._store = store
         self._pool = pool
         self._conn: sqlite3.Connection | None = None
@@ -679,9 +619,9 @@ class Store:
         self._busy_timeout = busy_timeout
         self._all_lock = threading.Lock()  # guards _all
         self._all: list[sqlite3.Connection] = []
-        held = _Held()
-        self._reads = _Pool(self._connect, self.READ_CONNECTIONS, busy_timeout, held)
-        self._writes = _Pool(self._connect, self.WRITE_CONNECTIONS, busy_timeout, held)
+        held = HeldConnections()
+        self._reads = ConnectionPool(self._connect, self.READ_CONNECTIONS, busy_timeout, held, StoreBusy)
+        self._writes = ConnectionPool(self._connect, self.WRITE_CONNECTIONS, busy_timeout, held, StoreBusy)
         self._open_write = threading.local()  # .tx: this thread's transaction inside writing(), if any
         self.last_fault: tuple[float, StoreError] | None = None  # (time.monotonic(), fault) of the last one
         with self._connection(write=True) as conn:
