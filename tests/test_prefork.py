@@ -24,7 +24,8 @@ from test_metrics import parse_metrics
 
 from recsvc.demo.audio import sized_wav
 from recsvc.core.metrics import Metrics
-from recsvc.run.prefork import MetricsExchange, job_queued_notifier, read_wakeups, watch_parent
+from recsvc.run.metrics_exchange import MetricsExchange
+from recsvc.run.prefork import job_queued_notifier, read_wakeups, watch_parent
 
 COUNTER = ("--counter", "sqlite://")
 STARTED = re.compile(r"serving process (\d+) started \(pid (\d+)\)")

@@ -38,7 +38,7 @@ from ..storage.counters import open_counter
 from ..storage.files import RecordingFiles
 from ..storage.private_files import private_database, private_dir
 from ..storage.store import StorageOutage, Store, StoreError
-from .prefork import MetricsExchange
+from .metrics_exchange import MetricsExchange
 
 log = logging.getLogger(__name__)
 
