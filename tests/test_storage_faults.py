@@ -1,10 +1,17 @@
-"""CONTRACT 3 v3, storage faults: a full disk under a real ``serve``, and heartbeats that cannot be written.
+"""CONTRACT 3 v3, storage faults: a full disk and a read-only database under a real ``serve``, and
+heartbeats that cannot be written.
 
 The disk fills up under the running service: every answer is 503
 ``storage_unavailable`` with Retry-After (or a file already cached), never
 500 and never "no live worker"; the log holds no traceback and no line per
 try; once space is freed every call plays with its exact bytes. Mounting
 needs root (CI runs as root); elsewhere the test is skipped with the reason.
+
+The database made read-only the one real way that holds while SQLite keeps
+it open: ``chattr +i``. ``mount -o remount,ro`` (and a read-only bind
+remount) fails with EBUSY while files are open for writing, and root ignores
+file modes, but ext4 refuses every write to an immutable file, through
+descriptors opened before too.
 """
 
 from __future__ import annotations
@@ -96,6 +103,68 @@ def test_a_full_disk_answers_503_with_retry_after_and_the_calls_play_once_space_
     assert len(full_lines) < 20, "a log line per try:\n" + "\n".join(full_lines[-40:])
 
     os.unlink(filler)
+    for sid, body in bodies.items():
+        assert client.play_until(token, sid, timeout=15).body == body, f"{sid}: wrong bytes"
+    assert client.request("GET", "/readyz").status == 200
+    assert not [line for line in serve.lines if "Traceback" in line]
+
+
+# ---------------------------------------------------------------- the database made read-only
+
+
+@contextlib.contextmanager
+def immutable(*paths):
+    """``chattr +i`` on ``paths`` for the block: the files become read-only to every process, root
+    included, and ext4 refuses writes even through descriptors opened before (SQLite's open
+    connections see SQLITE_IOERR_WRITE, new ones SQLITE_READONLY). Skips where chattr cannot."""
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i (an immutable, read-only database) needs root (CI runs as root)")
+    result = subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {result.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=False)
+
+
+def test_a_database_made_read_only_for_a_few_seconds_answers_503_then_recovers(processes, tmp_path, upstream):
+    data = tmp_path / "data"
+    serve = processes.start("serve", data, *SERVE_ARGS, "--workers", "2", "--heartbeat-interval", "0.2",
+                            "--job-timeout", "5", "--retry-after", "1")
+    client = Client(serve.base_url())
+    token = client.business()
+    cached = sized_wav(50_000, seed="cached")
+    client.put_call(token, "CA-CACHED", upstream.set("/cached.wav", body=cached))
+    assert client.play_until(token, "CA-CACHED").body == cached
+    bodies = {f"CA-RO-{i}": sized_wav(60_000, seed=str(i)) for i in range(4)}
+    for sid, body in bodies.items():
+        client.put_call(token, sid, upstream.set(f"/{sid}.wav", body=body))
+
+    database = data / DATABASE_FILE
+    lines_before = len(serve.lines)
+    statuses: dict[int, int] = {}
+    with immutable(database, f"{database}-wal"):  # not -shm: SQLite maps it, a write there would be SIGBUS
+        read_only_until = time.monotonic() + 3  # longer than 3 heartbeat intervals: row 7 is on the table
+        while time.monotonic() < read_only_until:
+            for sid in bodies:
+                answer = client.play(token, sid)
+                statuses[answer.status] = statuses.get(answer.status, 0) + 1
+                assert answer.status == 503, (sid, answer.status, answer.body)
+                assert answer.json["error"] == "storage_unavailable", answer.body
+                assert answer.header("Retry-After") == "1" and answer.json["retry_after"] == 1
+            answer = client.play(token, "CA-CACHED")
+            assert answer.status == 200 and answer.body == cached, "a cached file stopped being served"
+            time.sleep(0.1)
+        ready = client.request("GET", "/readyz")
+        read_only_lines = [line for line in serve.lines[lines_before:] if " recsvc.access: " not in line]
+    print(f"\nwhile read-only: {statuses}, {len(read_only_lines)} log lines in 3 s; "
+          f"/readyz {ready.status} {ready.body!r}")
+    assert (ready.status, ready.json["status"]) == (503, "not_ready")
+    assert ready.json["reason"].startswith("storage unavailable"), ready.json
+    assert not [line for line in read_only_lines if "Traceback" in line], "\n".join(read_only_lines)
+    assert len(read_only_lines) < 20, "a log line per try:\n" + "\n".join(read_only_lines[-40:])
+
     for sid, body in bodies.items():
         assert client.play_until(token, sid, timeout=15).body == body, f"{sid}: wrong bytes"
     assert client.request("GET", "/readyz").status == 200
