@@ -64,29 +64,36 @@ def fill(path) -> None:
         os.close(fd)
 
 
-def test_a_full_disk_answers_503_with_retry_after_and_the_calls_play_once_space_is_freed(
-        processes, small_tmpfs, upstream):
-    serve = processes.start("serve", small_tmpfs, *SERVE_ARGS, "--workers", "2", "--heartbeat-interval", "0.2",
-                        "--job-timeout", "5", "--retry-after", "1")
+def serve_with_calls(processes, data_dir, upstream, prefix: str, size: int):
+    """A real ``serve`` with one call already cached and four more not asked for yet:
+    (serve, client, token, cached bytes, call_sid -> bytes)."""
+    serve = processes.start("serve", data_dir, *SERVE_ARGS, "--workers", "2", "--heartbeat-interval", "0.2",
+                            "--job-timeout", "5", "--retry-after", "1")
     client = Client(serve.base_url())
     token = client.business()
-    cached = sized_wav(200_000, seed="cached")
+    cached = sized_wav(size, seed="cached")
     client.put_call(token, "CA-CACHED", upstream.set("/cached.wav", body=cached))
     assert client.play_until(token, "CA-CACHED").body == cached
-    bodies = {f"CA-FULL-{i}": sized_wav(300_000, seed=str(i)) for i in range(4)}
+    bodies = {f"{prefix}-{i}": sized_wav(size, seed=str(i)) for i in range(4)}
     for sid, body in bodies.items():
         client.put_call(token, sid, upstream.set(f"/{sid}.wav", body=body))
+    return serve, client, token, cached, bodies
 
-    filler = small_tmpfs / "filler"
-    fill(filler)
+
+def poll_through_the_fault(serve, client, token, cached: bytes, bodies: dict, allowed: tuple[int, ...],
+                           seconds: float = 3) -> dict[int, int]:
+    """Players polling a service with a storage fault for ``seconds`` (longer than 3 heartbeat
+    intervals, so row 7 is on the table): every answer is in ``allowed``, a 503 is
+    ``storage_unavailable``/``storage_busy`` with Retry-After, the cached call still plays, /readyz
+    names the fault, and the log has no traceback and no line per try. Returns the statuses seen."""
     lines_before = len(serve.lines)
     statuses: dict[int, int] = {}
-    full_until = time.monotonic() + 3
-    while time.monotonic() < full_until:  # players polling a service whose disk is full
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
         for sid in bodies:
             answer = client.play(token, sid)
             statuses[answer.status] = statuses.get(answer.status, 0) + 1
-            assert answer.status in (202, 503), (sid, answer.status, answer.body)
+            assert answer.status in allowed, (sid, answer.status, answer.body)
             if answer.status == 503:
                 assert answer.json["error"] in ("storage_unavailable", "storage_busy"), answer.body
                 assert answer.header("Retry-After") == "1" and answer.json["retry_after"] == 1
@@ -94,19 +101,32 @@ def test_a_full_disk_answers_503_with_retry_after_and_the_calls_play_once_space_
         assert answer.status == 200 and answer.body == cached, "a cached file stopped being served"
         time.sleep(0.1)
     ready = client.request("GET", "/readyz")
-    full_lines = [line for line in serve.lines[lines_before:] if " recsvc.access: " not in line]
-    print(f"\nwhile full: {statuses}, {len(full_lines)} log lines in 3 s; /readyz {ready.status} {ready.body!r}")
-    assert statuses.get(503, 0) > 0, "a full disk was never answered 503"
+    fault_lines = [line for line in serve.lines[lines_before:] if " recsvc.access: " not in line]
+    print(f"\nduring the fault: {statuses}, {len(fault_lines)} log lines in {seconds:g} s; "
+          f"/readyz {ready.status} {ready.body!r}")
+    assert statuses.get(503, 0) > 0, "the fault was never answered 503"
     assert (ready.status, ready.json["status"]) == (503, "not_ready")
     assert ready.json["reason"].startswith("storage unavailable"), ready.json
-    assert not [line for line in full_lines if "Traceback" in line], "\n".join(full_lines)
-    assert len(full_lines) < 20, "a log line per try:\n" + "\n".join(full_lines[-40:])
+    assert not [line for line in fault_lines if "Traceback" in line], "\n".join(fault_lines)
+    assert len(fault_lines) < 20, "a log line per try:\n" + "\n".join(fault_lines[-40:])
+    return statuses
 
-    os.unlink(filler)
+
+def assert_every_call_plays(serve, client, token, bodies: dict) -> None:
     for sid, body in bodies.items():
         assert client.play_until(token, sid, timeout=15).body == body, f"{sid}: wrong bytes"
     assert client.request("GET", "/readyz").status == 200
     assert not [line for line in serve.lines if "Traceback" in line]
+
+
+def test_a_full_disk_answers_503_with_retry_after_and_the_calls_play_once_space_is_freed(
+        processes, small_tmpfs, upstream):
+    serve, client, token, cached, bodies = serve_with_calls(processes, small_tmpfs, upstream, "CA-FULL", 300_000)
+    filler = small_tmpfs / "filler"
+    fill(filler)
+    poll_through_the_fault(serve, client, token, cached, bodies, allowed=(202, 503))
+    os.unlink(filler)
+    assert_every_call_plays(serve, client, token, bodies)
 
 
 # ---------------------------------------------------------------- the database made read-only
@@ -130,45 +150,11 @@ def immutable(*paths):
 
 def test_a_database_made_read_only_for_a_few_seconds_answers_503_then_recovers(processes, tmp_path, upstream):
     data = tmp_path / "data"
-    serve = processes.start("serve", data, *SERVE_ARGS, "--workers", "2", "--heartbeat-interval", "0.2",
-                            "--job-timeout", "5", "--retry-after", "1")
-    client = Client(serve.base_url())
-    token = client.business()
-    cached = sized_wav(50_000, seed="cached")
-    client.put_call(token, "CA-CACHED", upstream.set("/cached.wav", body=cached))
-    assert client.play_until(token, "CA-CACHED").body == cached
-    bodies = {f"CA-RO-{i}": sized_wav(60_000, seed=str(i)) for i in range(4)}
-    for sid, body in bodies.items():
-        client.put_call(token, sid, upstream.set(f"/{sid}.wav", body=body))
-
+    serve, client, token, cached, bodies = serve_with_calls(processes, data, upstream, "CA-RO", 60_000)
     database = data / DATABASE_FILE
-    lines_before = len(serve.lines)
-    statuses: dict[int, int] = {}
     with immutable(database, f"{database}-wal"):  # not -shm: SQLite maps it, a write there would be SIGBUS
-        read_only_until = time.monotonic() + 3  # longer than 3 heartbeat intervals: row 7 is on the table
-        while time.monotonic() < read_only_until:
-            for sid in bodies:
-                answer = client.play(token, sid)
-                statuses[answer.status] = statuses.get(answer.status, 0) + 1
-                assert answer.status == 503, (sid, answer.status, answer.body)
-                assert answer.json["error"] == "storage_unavailable", answer.body
-                assert answer.header("Retry-After") == "1" and answer.json["retry_after"] == 1
-            answer = client.play(token, "CA-CACHED")
-            assert answer.status == 200 and answer.body == cached, "a cached file stopped being served"
-            time.sleep(0.1)
-        ready = client.request("GET", "/readyz")
-        read_only_lines = [line for line in serve.lines[lines_before:] if " recsvc.access: " not in line]
-    print(f"\nwhile read-only: {statuses}, {len(read_only_lines)} log lines in 3 s; "
-          f"/readyz {ready.status} {ready.body!r}")
-    assert (ready.status, ready.json["status"]) == (503, "not_ready")
-    assert ready.json["reason"].startswith("storage unavailable"), ready.json
-    assert not [line for line in read_only_lines if "Traceback" in line], "\n".join(read_only_lines)
-    assert len(read_only_lines) < 20, "a log line per try:\n" + "\n".join(read_only_lines[-40:])
-
-    for sid, body in bodies.items():
-        assert client.play_until(token, sid, timeout=15).body == body, f"{sid}: wrong bytes"
-    assert client.request("GET", "/readyz").status == 200
-    assert not [line for line in serve.lines if "Traceback" in line]
+        poll_through_the_fault(serve, client, token, cached, bodies, allowed=(503,))
+    assert_every_call_plays(serve, client, token, bodies)
 
 
 # ---------------------------------------------------------------- row 7 while heartbeats cannot be written
