@@ -47,8 +47,9 @@ TESTS: dict[str, list[str]] = {
                           "tests/test_invariants.py", "tests/test_row7_attempt.py",
                           "tests/test_stuck_wakes_waiters.py"],
     "recsvc/worker.py": ["tests/test_worker_pool.py", "tests/test_sweeper.py", "tests/test_crash_recovery.py"],
-    "recsvc/counter.py": ["tests/test_counter.py::TestMemoryCounter", "tests/test_fail_fast.py"],
-    "recsvc/sqlite_counter.py": ["tests/test_sqlite_counter.py"],
+    "recsvc/counter.py": ["tests/test_counter.py::TestMemoryCounter", "tests/test_counter_expiry.py",
+                          "tests/test_fail_fast.py"],
+    "recsvc/sqlite_counter.py": ["tests/test_sqlite_counter.py", "tests/test_counter_expiry.py"],
     "recsvc/redis_counter.py": ["tests/test_counter.py"],
     "recsvc/media.py": ["tests/test_media.py", "tests/test_media_http.py"],
 }
