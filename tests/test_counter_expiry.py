@@ -9,6 +9,8 @@ is not in this table.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from conftest import FakeClock
 from counter_contract import KEY
@@ -60,3 +62,29 @@ def test_a_key_whose_ttl_just_reached_0_is_not_counted_in_memory():
     counter.incr_and_expire(KEY, WINDOW)
     clock.advance(WINDOW)
     assert len(counter) == 0
+
+
+@pytest.mark.parametrize("left, ttl", [
+    pytest.param(0.5, 1, id="half a second left reads 1"),
+    pytest.param(0.499, 0, id="just under half a second left reads 0"),
+    pytest.param(1.5, 2, id="one and a half seconds left read 2"),
+])
+def test_ttl_rounds_what_is_left_to_the_nearest_second_as_redis_does(counter_env, left, ttl):
+    counter, clock = counter_env
+    counter.incr_and_expire(KEY, WINDOW)
+    clock.advance(WINDOW - left)
+    assert counter.ttl(KEY) == ttl
+
+
+def test_memory_holds_only_live_keys_even_when_dead_ones_are_never_asked_for_again():
+    clock = FakeClock()
+    counter = MemoryCounter(clock)
+    tracemalloc.start()
+    try:
+        for n in range(20_000):  # each key dies before the next is written
+            counter.incr_and_expire(f"recording_retry_attempts:7:CA{n}", 1)
+            clock.advance(2)
+        grown, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert grown < 1_000_000, f"{grown} bytes held for keys that are all dead"
