@@ -240,7 +240,7 @@ class Api:
             response = exc.response()
         except (StoreError, OSError) as exc:
             response = self._storage_fault(exc, request)
-        except CounterError:  # only the admin view reads the counter without failing open
+        except CounterError:  # only the admin view raises it: the shared counter is unreachable (CONTRACT 3)
             response = json_error(503, "counter_unavailable", "The retry counter is unavailable; try again.",
                                   (("Retry-After", "1"),))
         except Exception:

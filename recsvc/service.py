@@ -466,7 +466,12 @@ class RecordingService:
 
     def retry_counter(self, business_id: int, call_sid: str) -> dict:
         key = retry_key(business_id, call_sid)
-        return {"key": key, "attempts": self.counter.get(key) or 0, "ttl": self.counter.ttl(key)}
+        view = {"key": key, "attempts": self.counter.get(key) or 0, "ttl": self.counter.ttl(key)}
+        if getattr(self.counter, "in_fallback", False):
+            # The view is the shared backend's (CONTRACT 3); while it is unreachable this process counts
+            # alone, which /metrics shows (recsvc_counter_fallback): say so rather than pass one for the other.
+            raise CounterError("the shared retry counter is unreachable; this process is counting on its own")
+        return view
 
     # ------------------------------------------------------------ health
 

@@ -18,7 +18,7 @@ import pytest
 from contract_steps import call_with_recording, new_business, play_until_cached, wait_for_job
 
 from recsvc.openapi import ERROR_CODES, openapi_document
-from recsvc.store import StoreBusy
+from recsvc.store import StoreBusy, StoreUnavailable
 
 TWILIO_SID = "AC" + "0" * 32
 
@@ -74,6 +74,9 @@ def provoke_all(make_harness, monkeypatch) -> list[tuple[str | None, str, int, s
         wait_for_job(h, acme, call_sid)
     h.put_call(token, "CANOURL", None)
     twilio = f"/admin/businesses/{acme.id}/twilio"
+    account = {"account_sid": TWILIO_SID, "auth_token": "secret-token"}
+    assert h.admin("PUT", twilio, account).status == 200
+    other = new_business(h, "other")
     rows = [
         (play, "GET", http("GET", "/api/recordings/file/CAOK")),
         (play, "GET", http("GET", "/api/recordings/file/a.b", token)),
@@ -88,13 +91,18 @@ def provoke_all(make_harness, monkeypatch) -> list[tuple[str | None, str, int, s
         ("/admin/businesses/{business_id}/twilio", "PUT", http("PUT", "/admin/businesses/x/twilio", admin, b"{}")),
         ("/admin/businesses/{business_id}/twilio", "PUT", http("PUT", twilio.replace(str(acme.id), "999999"), admin,
                                                              json.dumps({"account_sid": TWILIO_SID, "auth_token": "secret-token"}).encode())),
+        ("/admin/businesses/{business_id}/twilio", "PUT", http("PUT", f"/admin/businesses/{other.id}/twilio", admin,
+                                                             json.dumps(account).encode())),
         ("/webhooks/twilio/recording-status", "POST", http("POST", "/webhooks/twilio/recording-status", None,
                                                            b"CallSid=CA1", Content_Type="application/x-www-form-urlencoded")),
         (None, "GET", http("GET", "/no/such/path")),
         (None, "DELETE", http("DELETE", "/healthz")),  # no operation: the transport answers
         (None, "BREW", http("BREW", "/healthz")),
         (None, "GET", b"GET\r\n\r\n"),
-        (None, "POST", http("POST", "/admin/businesses", admin, Transfer_Encoding="chunked")),
+        (None, "POST", http("POST", "/admin/businesses", admin, Transfer_Encoding="gzip")),
+        (None, "PUT", http("PUT", "/api/calls/CA1", token, b"0\r\n\r\n", Transfer_Encoding="chunked")),
+        (None, "PUT", http("PUT", "/api/calls/CA1", token, None, Transfer_Encoding="chunked") + b"zz\r\n\r\n"),
+        ("/admin/jobs", "GET", http("GET", "/admin/jobs?business_id=%D9%A1", admin)),
         (None, "PUT", http("PUT", "/api/calls/CA1", token, None, Content_Length="-1")),
         (None, "PUT", http("PUT", "/api/calls/CA1", token)),
         (None, "PUT", http("PUT", "/api/calls/CA1", token, None, Content_Length="70000")),
@@ -107,6 +115,9 @@ def provoke_all(make_harness, monkeypatch) -> list[tuple[str | None, str, int, s
     answers.append((None, "GET", status, body))
 
     monkeypatch.setattr(h.app.service, "businesses_with_call", lambda call_sid: (_ for _ in ()).throw(StoreBusy("locked")))
+    answers.append((play, "GET", *exchange(h, http("GET", "/api/recordings/file/CAOK?exp=1&sig=x"))))
+    monkeypatch.setattr(h.app.service, "businesses_with_call",
+                        lambda call_sid: (_ for _ in ()).throw(StoreUnavailable("disk full")))
     answers.append((play, "GET", *exchange(h, http("GET", "/api/recordings/file/CAOK?exp=1&sig=x"))))
     monkeypatch.setattr(h.app.service, "businesses_with_call", lambda call_sid: 1 / 0)
     answers.append((play, "GET", *exchange(h, http("GET", "/api/recordings/file/CAOK?exp=1&sig=x"))))
@@ -123,7 +134,7 @@ def provoke_all(make_harness, monkeypatch) -> list[tuple[str | None, str, int, s
         holder.sendall(b"GET /healthz HTTP/1.1\r\n")  # holds the one connection open
         deadline = time.monotonic() + 5
         while True:
-            status, body = exchange(crowded, http("GET", "/healthz"))
+            status, body = exchange(crowded, http("GET", "/openapi.json"))  # probes have a reserve of their own
             if status == 503 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)

@@ -51,8 +51,10 @@ def test_the_jobs_view_lists_at_most_200_jobs_newest_first(make_harness):
     assert listed == sorted(ids, reverse=True)[:200]
 
 
-def test_a_business_token_is_32_random_bytes_url_safe():
+def test_a_business_token_is_rs_and_32_random_bytes_url_safe():
     tokens = {new_token() for _ in range(50)}
     assert len(tokens) == 50
     for token in tokens:
-        assert len(base64.urlsafe_b64decode(token + "=")) == 32
+        prefix, body = token[:3], token[3:]
+        assert prefix == "rs_"
+        assert len(base64.urlsafe_b64decode(body + "=")) == 32
