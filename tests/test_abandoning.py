@@ -82,6 +82,22 @@ def test_a_try_running_at_the_jobs_deadline_is_cut_and_the_job_failed_stuck(hang
     assert temp_files(h.app.files.root) == []
 
 
+def test_an_upstream_that_keeps_failing_fails_download_failed_when_the_next_try_would_start_past_the_deadline(
+        make_harness, upstream):
+    """At the seed's timings (job-timeout below the 1 s backoff of the default download-timeout) an
+    upstream answering 500 is what the job's end says, not ``stuck``: no try can start before the
+    deadline, so the job ends with the errors it saw, at once (CONTRACT 4 v3)."""
+    h = make_harness(workers=1, job_timeout=0.6, heartbeat_interval=60, download_timeout=30)
+    token = h.business()
+    h.put_call(token, "CA-FAIL", upstream.set("/fail.wav", status=500, body=b"broken", content_type="text/plain"))
+    assert h.play(token, "CA-FAIL").status == 202
+    job = h.wait_for_job("CA-FAIL", statuses=("failed",), timeout=3)
+    assert job["error_code"] == "download_failed", job
+    assert "500" in job["error_message"], job
+    assert upstream.hits("/fail.wav") == 1, "no request starts after the job's deadline"
+    assert h.app.pool.busy == 0
+
+
 def test_a_job_failed_storage_error_is_answered_503_and_replaced_without_counting_a_retry(make_harness, upstream):
     h = make_harness(workers=0, max_retry_attempts=2)
     with h.app.store.writing() as tx:  # a live worker elsewhere that never claims: the test plays it

@@ -61,11 +61,32 @@ def test_each_business_keeps_its_own_token(make_harness):
     assert service.authenticate(tokens[0] + "x") is None and service.authenticate(tokens[0][:-1]) is None
 
 
-def test_the_memory_of_known_tokens_is_bounded(make_harness, monkeypatch):
+def test_the_memory_of_known_tokens_is_bounded(make_harness, monkeypatch, counted):
     h = make_harness(workers=0)
     service = h.app.service
     monkeypatch.setattr(service, "KNOWN_TOKENS", 3)
     tokens = [h.business(f"b{n}") for n in range(5)]
     ids = [service.authenticate(token) for token in tokens]
-    assert len(service._known_tokens) <= 3
-    assert [service.authenticate(token) for token in tokens] == ids  # forgotten ones are looked up again
+    counted.update(hashes=0, lookups=0)
+    # At most 3 of the 5 are remembered, so asking all 5 again looks up at least 2.
+    assert [service.authenticate(token) for token in tokens] == ids
+    assert counted["lookups"] >= 2 and counted["hashes"] == counted["lookups"]
+
+
+def test_as_many_tokens_as_the_memory_holds_are_all_remembered_and_one_more_makes_room(make_harness, monkeypatch,
+                                                                                         counted):
+    h = make_harness(workers=0)
+    service = h.app.service
+    monkeypatch.setattr(service, "KNOWN_TOKENS", 3)
+    tokens = [h.business(f"b{n}") for n in range(4)]
+    for token in tokens[:3]:
+        service.authenticate(token)
+    counted.update(hashes=0, lookups=0)
+    for token in tokens[:3]:
+        service.authenticate(token)
+    assert counted["lookups"] == 0, "three tokens fit in a memory of three"
+    service.authenticate(tokens[3])
+    counted.update(hashes=0, lookups=0)
+    for token in tokens[:3]:
+        service.authenticate(token)
+    assert counted["lookups"] >= 1, "a fourth token was remembered beside three"

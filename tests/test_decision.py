@@ -91,6 +91,8 @@ RETRY_TABLE = [
                  id="row 10c: a key without TTL -> retry_after is the window"),
     pytest.param(3, 0, "stuck", RetryRefused(WORKER_NOT_PROCESSING_QUEUE, 3, 600),
                  id="row 10c: retry_after is at least 1"),
+    pytest.param(3, 1, "stuck", RetryRefused(WORKER_NOT_PROCESSING_QUEUE, 3, 1),
+                 id="row 10c: a key with one second left -> retry_after 1"),
 ]
 
 
@@ -104,6 +106,7 @@ STUCK_TABLE = [
     pytest.param(job("queued", created=NOW - 300), None, id="queued exactly job-timeout is not stuck"),
     pytest.param(job("running", started=NOW - 400, beat=NOW), "running 400s without completion",
                  id="running longer than job-timeout, heartbeat fresh"),
+    pytest.param(job("running", started=NOW - 300, beat=NOW), None, id="running exactly job-timeout is not stuck"),
     pytest.param(job("running", started=None, beat=NOW), "marked running but no started_at", id="running without started_at"),
     pytest.param(job("running", started=NOW - 60, beat=NOW - 16), "worker heartbeat lost 16s ago",
                  id="heartbeat older than 3 intervals"),

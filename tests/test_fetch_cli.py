@@ -14,7 +14,7 @@ import pytest
 from contract_fake import TOKEN, WAV, FakeClock, ScriptedServer, audio, closed_port, failure, processing
 from recsvc.player import fetch
 from recsvc.player.client import RecordingClient, message
-from recsvc.player.outcomes import OUTCOMES
+from recsvc.player.outcomes import LRI, OUTCOMES, PDI
 
 MESSAGES = {lang: {name: getattr(outcome, lang) for name, outcome in OUTCOMES.items()} for lang in ("he", "en")}
 
@@ -325,3 +325,15 @@ def test_python_m_recsvc_fetch_not_found_is_exit_3_in_hebrew(serve, tmp_path):
     assert done.returncode == 3
     assert done.stderr.decode("utf-8").strip() == MESSAGES["he"]["call_not_found"]
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("width", [4, 10, 38, 40, 45, 59])
+def test_a_hebrew_progress_line_cut_to_the_terminal_closes_every_left_to_right_run_it_cut(width):
+    """Cut inside the URL's isolate, the line still ends the isolate before the ellipsis, so the
+    ellipsis and the next line are not read left to right; isolate marks take no column."""
+    text = f"{LRI}CA123{PDI}: 5 שניות, ניסיון 1 אל {LRI}http://127.0.0.1:18932{PDI}: החיבור נדחה"
+    line = fetch.fit(text, width)
+    assert line.endswith("…")
+    assert line.count(LRI) == line.count(PDI), line
+    assert line.index("…") > line.rindex(PDI) if PDI in line else True
+    assert len(line.replace(LRI, "").replace(PDI, "")) <= width, line

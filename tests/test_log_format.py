@@ -74,13 +74,14 @@ def test_json_access_lines_carry_their_parts_as_fields(tmp_path):
 def test_the_environment_variable_selects_json_too(tmp_path):
     proc = spawn_recsvc("serve", tmp_path / "data", "--port", "0", env={"RECSVC_LOG_FORMAT": "json"})
     try:
-        base_url, _ = read_until_listening(proc)
+        base_url, before = read_until_listening(proc)
         request(base_url, "GET", "/healthz")
     finally:
         proc.send_signal(signal.SIGTERM)
         _, rest = proc.communicate(timeout=15)
-    for line in rest.decode().splitlines():
-        json.loads(line)
+    entries = [json.loads(line) for line in before + rest.decode().splitlines() if line.strip()]
+    access = [e["message"] for e in entries if e["logger"] == "recsvc.access"]
+    assert any(" GET /healthz 200 " in m for m in access), entries
 
 
 def test_an_unknown_log_format_is_refused_naming_the_flag(tmp_path):

@@ -57,6 +57,14 @@ SNIFF_CASES = [
     pytest.param(b"\xff\xeb\x90\x64", None, id="a frame sync with the reserved MPEG version is not audio"),
     pytest.param(b"\xff\xfb\xf0\x64", None, id="a frame sync with the bad bitrate index is not audio"),
     pytest.param(b"ID3\xff\x00\x00\x00\x00\x00\x21", None, id="ID3 followed by an impossible version is not audio"),
+    pytest.param(b"ID3\x04\xff\x00\x00\x00\x00\x21", None, id="ID3 followed by an impossible revision is not audio"),
+    pytest.param(b"ID3\x04\x00\x00\x00\x00\x21", None, id="a 9-byte ID3 with no room for the whole size is not audio"),
+    pytest.param(b"ID3\x04\x00\x00\x80\x00\x00\x21", None, id="ID3 whose size is not synchsafe is not audio"),
+    pytest.param(b"ID3\x04\x00\x00\x00\x00\x00\x80", None, id="ID3 whose last size byte is not synchsafe is not audio"),
+    pytest.param(b"ID3\x04\x00\x80\x7f\x7f\x7f\x7f", "audio/mpeg",
+                 id="a whole 10-byte ID3 header with a flag set and the largest size is audio/mpeg"),
+    pytest.param(b"ID3\x04\x00\x00\x00\x00\x00\x01\xff\x00", "audio/mpeg",
+                 id="an ID3 tag is judged by its 10 header bytes, not by the tag that follows"),
 ]
 
 

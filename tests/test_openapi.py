@@ -9,9 +9,10 @@ import pytest
 
 from recsvc.http import openapi
 from recsvc.http.answers import ERRORS
-from recsvc.http.openapi import ERROR_CODES, openapi_document, route_template
 from recsvc.http.api import ROUTES
+from recsvc.http.openapi import ERROR_CODES, openapi_document, route_template
 
+# Which error each answer carries, and that the document lists it there: test_openapi_errors.py.
 
 
 def all_refs(node) -> list[str]:
@@ -55,12 +56,24 @@ def test_every_error_code_of_the_document_is_answered_somewhere(document):
     assert listed == set(ERROR_CODES)
 
 
-def test_every_reference_resolves(document):
-    for ref in all_refs(document):
+def test_every_reference_resolves_and_every_component_is_referenced(document):
+    refs = set(all_refs(document))
+    for ref in refs:
         node = document
         for part in ref.removeprefix("#/").split("/"):
             assert part in node, f"dangling {ref}"
             node = node[part]
+    components = {f"#/components/{kind}/{name}" for kind, named in document["components"].items()
+                  if kind != "securitySchemes" for name in named}  # security schemes are named, not referenced
+    assert refs == components
+    assert "#/components/schemas/Error" in refs  # every error answer is described by reference
+
+
+def test_every_security_requirement_names_a_scheme(document):
+    schemes = set(document["components"]["securitySchemes"])
+    named = {name for item in document["paths"].values() for op in item.values()
+             for requirement in op.get("security", []) for name in requirement}
+    assert named == schemes
 
 
 def test_the_contract_headers_are_described(document):

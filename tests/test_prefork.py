@@ -8,6 +8,7 @@ the first stops the others, and a serving process that dies is replaced.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -261,3 +262,30 @@ def test_a_job_queued_in_a_serving_process_wakes_the_first_process_workers():
     thread.join(5)
     assert not thread.is_alive()
     notify()  # a write to a closed pipe is ignored, never raised into the request
+
+
+def test_metrics_that_cannot_be_written_cost_one_line_per_outage_not_a_traceback_a_second(tmp_path, caplog,
+                                                                                          monkeypatch):
+    """A full disk (here: the metrics folder replaced by a file, a real OSError) is logged when it
+    starts and when it ends; no traceback, no temp file left behind."""
+    monkeypatch.setattr(MetricsExchange, "INTERVAL", 0.02)
+    exchange = MetricsExchange(str(tmp_path), 1, 2, Metrics(process="1").families)
+    folder = tmp_path / "metrics"
+    folder.rmdir()
+    folder.write_text("not a folder")
+    caplog.set_level(logging.WARNING, logger="recsvc.run.metrics_exchange")
+    exchange._thread = threading.Thread(target=exchange._loop, daemon=True)
+    exchange._thread.start()
+    try:
+        time.sleep(0.3)
+        failing = [r for r in caplog.records if r.name == "recsvc.run.metrics_exchange"]
+        folder.unlink()
+        folder.mkdir()
+        time.sleep(0.3)
+    finally:
+        exchange.stop()
+    assert len(failing) == 1, [r.getMessage() for r in failing]
+    assert not any(r.exc_info for r in caplog.records), "a traceback in the log"
+    lines = [r.getMessage() for r in caplog.records if r.name == "recsvc.run.metrics_exchange"]
+    assert len(lines) == 2 and "works again" in lines[1], lines
+    assert not list(tmp_path.glob("metrics/*.tmp"))

@@ -46,3 +46,22 @@ def test_a_killed_redis_server_keeps_the_limit_across_both_processes(servers, up
     assert all(a.json["reason"] == "retry limit reached" for a in answers[2:])
     for proc in procs:  # one warning per outage, from one layer, not one per request
         assert len(counter_warnings(proc)) == 1, counter_warnings(proc)
+
+
+def test_a_redis_server_restarted_empty_keeps_the_limit_across_both_processes(servers, upstream, redis_server):
+    """A restarted Redis keeps nothing: each process's own count knows only its own retries (1 and 2 of
+    3 here), but the jobs table knows the call is at 3, so the next retry is refused, whichever process."""
+    base_a, base_b, _ = servers
+    token = setup_hung_call(base_a, upstream, "CAempty")
+    assert play(base_a, token, "CAempty").json["attempt"] == 0
+    attempts = []
+    for turn in range(3):  # retries 1, 2, 3, alternating B, A, B
+        time.sleep(PAST_JOB_TIMEOUT)
+        attempts.append(play(base_a if turn % 2 else base_b, token, "CAempty").json["attempt"])
+    assert attempts == [1, 2, 3]
+    redis_server.restart()
+    for base in (base_a, base_b):
+        time.sleep(PAST_JOB_TIMEOUT)
+        answer = play(base, token, "CAempty")
+        assert answer.status == 500, f"a 4th retry within the window: {answer.body!r}"
+        assert answer.json["reason"] == "retry limit reached"

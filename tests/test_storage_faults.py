@@ -1,10 +1,17 @@
-"""CONTRACT 3 v3, storage faults: a full disk under a real ``serve``, and heartbeats that cannot be written.
+"""CONTRACT 3 v3, storage faults: a full disk and a read-only database under a real ``serve``, and
+heartbeats that cannot be written.
 
 The disk fills up under the running service: every answer is 503
 ``storage_unavailable`` with Retry-After (or a file already cached), never
 500 and never "no live worker"; the log holds no traceback and no line per
 try; once space is freed every call plays with its exact bytes. Mounting
 needs root (CI runs as root); elsewhere the test is skipped with the reason.
+
+The database made read-only the one real way that holds while SQLite keeps
+it open: ``chattr +i``. ``mount -o remount,ro`` (and a read-only bind
+remount) fails with EBUSY while files are open for writing, and root ignores
+file modes, but ext4 refuses every write to an immutable file, through
+descriptors opened before too.
 """
 
 from __future__ import annotations
@@ -57,29 +64,36 @@ def fill(path) -> None:
         os.close(fd)
 
 
-def test_a_full_disk_answers_503_with_retry_after_and_the_calls_play_once_space_is_freed(
-        processes, small_tmpfs, upstream):
-    serve = processes.start("serve", small_tmpfs, *SERVE_ARGS, "--workers", "2", "--heartbeat-interval", "0.2",
-                        "--job-timeout", "5", "--retry-after", "1")
+def serve_with_calls(processes, data_dir, upstream, prefix: str, size: int):
+    """A real ``serve`` with one call already cached and four more not asked for yet:
+    (serve, client, token, cached bytes, call_sid -> bytes)."""
+    serve = processes.start("serve", data_dir, *SERVE_ARGS, "--workers", "2", "--heartbeat-interval", "0.2",
+                            "--job-timeout", "5", "--retry-after", "1")
     client = Client(serve.base_url())
     token = client.business()
-    cached = sized_wav(200_000, seed="cached")
+    cached = sized_wav(size, seed="cached")
     client.put_call(token, "CA-CACHED", upstream.set("/cached.wav", body=cached))
     assert client.play_until(token, "CA-CACHED").body == cached
-    bodies = {f"CA-FULL-{i}": sized_wav(300_000, seed=str(i)) for i in range(4)}
+    bodies = {f"{prefix}-{i}": sized_wav(size, seed=str(i)) for i in range(4)}
     for sid, body in bodies.items():
         client.put_call(token, sid, upstream.set(f"/{sid}.wav", body=body))
+    return serve, client, token, cached, bodies
 
-    filler = small_tmpfs / "filler"
-    fill(filler)
+
+def poll_through_the_fault(serve, client, token, cached: bytes, bodies: dict, allowed: tuple[int, ...],
+                           seconds: float = 3) -> dict[int, int]:
+    """Players polling a service with a storage fault for ``seconds`` (longer than 3 heartbeat
+    intervals, so row 7 is on the table): every answer is in ``allowed``, a 503 is
+    ``storage_unavailable``/``storage_busy`` with Retry-After, the cached call still plays, /readyz
+    names the fault, and the log has no traceback and no line per try. Returns the statuses seen."""
     lines_before = len(serve.lines)
     statuses: dict[int, int] = {}
-    full_until = time.monotonic() + 3
-    while time.monotonic() < full_until:  # players polling a service whose disk is full
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
         for sid in bodies:
             answer = client.play(token, sid)
             statuses[answer.status] = statuses.get(answer.status, 0) + 1
-            assert answer.status in (202, 503), (sid, answer.status, answer.body)
+            assert answer.status in allowed, (sid, answer.status, answer.body)
             if answer.status == 503:
                 assert answer.json["error"] in ("storage_unavailable", "storage_busy"), answer.body
                 assert answer.header("Retry-After") == "1" and answer.json["retry_after"] == 1
@@ -87,19 +101,60 @@ def test_a_full_disk_answers_503_with_retry_after_and_the_calls_play_once_space_
         assert answer.status == 200 and answer.body == cached, "a cached file stopped being served"
         time.sleep(0.1)
     ready = client.request("GET", "/readyz")
-    full_lines = [line for line in serve.lines[lines_before:] if " recsvc.access: " not in line]
-    print(f"\nwhile full: {statuses}, {len(full_lines)} log lines in 3 s; /readyz {ready.status} {ready.body!r}")
-    assert statuses.get(503, 0) > 0, "a full disk was never answered 503"
+    fault_lines = [line for line in serve.lines[lines_before:] if " recsvc.access: " not in line]
+    print(f"\nduring the fault: {statuses}, {len(fault_lines)} log lines in {seconds:g} s; "
+          f"/readyz {ready.status} {ready.body!r}")
+    assert statuses.get(503, 0) > 0, "the fault was never answered 503"
     assert (ready.status, ready.json["status"]) == (503, "not_ready")
     assert ready.json["reason"].startswith("storage unavailable"), ready.json
-    assert not [line for line in full_lines if "Traceback" in line], "\n".join(full_lines)
-    assert len(full_lines) < 20, "a log line per try:\n" + "\n".join(full_lines[-40:])
+    assert not [line for line in fault_lines if "Traceback" in line], "\n".join(fault_lines)
+    assert len(fault_lines) < 20, "a log line per try:\n" + "\n".join(fault_lines[-40:])
+    return statuses
 
-    os.unlink(filler)
+
+def assert_every_call_plays(serve, client, token, bodies: dict) -> None:
     for sid, body in bodies.items():
         assert client.play_until(token, sid, timeout=15).body == body, f"{sid}: wrong bytes"
     assert client.request("GET", "/readyz").status == 200
     assert not [line for line in serve.lines if "Traceback" in line]
+
+
+def test_a_full_disk_answers_503_with_retry_after_and_the_calls_play_once_space_is_freed(
+        processes, small_tmpfs, upstream):
+    serve, client, token, cached, bodies = serve_with_calls(processes, small_tmpfs, upstream, "CA-FULL", 300_000)
+    filler = small_tmpfs / "filler"
+    fill(filler)
+    poll_through_the_fault(serve, client, token, cached, bodies, allowed=(202, 503))
+    os.unlink(filler)
+    assert_every_call_plays(serve, client, token, bodies)
+
+
+# ---------------------------------------------------------------- the database made read-only
+
+
+@contextlib.contextmanager
+def immutable(*paths):
+    """``chattr +i`` on ``paths`` for the block: the files become read-only to every process, root
+    included, and ext4 refuses writes even through descriptors opened before (SQLite's open
+    connections see SQLITE_IOERR_WRITE, new ones SQLITE_READONLY). Skips where chattr cannot."""
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i (an immutable, read-only database) needs root (CI runs as root)")
+    result = subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {result.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=False)
+
+
+def test_a_database_made_read_only_for_a_few_seconds_answers_503_then_recovers(processes, tmp_path, upstream):
+    data = tmp_path / "data"
+    serve, client, token, cached, bodies = serve_with_calls(processes, data, upstream, "CA-RO", 60_000)
+    database = data / DATABASE_FILE
+    with immutable(database, f"{database}-wal"):  # not -shm: SQLite maps it, a write there would be SIGBUS
+        poll_through_the_fault(serve, client, token, cached, bodies, allowed=(503,))
+    assert_every_call_plays(serve, client, token, bodies)
 
 
 # ---------------------------------------------------------------- row 7 while heartbeats cannot be written

@@ -50,6 +50,7 @@ def test_a_signed_completed_callback_stores_the_call_and_queues_its_download_at_
     assert answer.json["recording_url"].endswith("/Recordings/RE1.wav")
     job = svc.wait_for_job("CAtw1")  # queued by the webhook, before any play
     assert job["status"] == "completed"
+    assert job["attempt"] == 0  # the call's first job, not a retry
     played = svc.play(token, "CAtw1")
     assert played.status == 200 and played.body == wav
 

@@ -16,7 +16,6 @@ RUNNING = "running"
 COMPLETED = "completed"
 FAILED = "failed"
 ACTIVE_STATUSES = (QUEUED, RUNNING)
-JOB_STATUSES = (QUEUED, RUNNING, COMPLETED, FAILED)
 
 # Job failures, CONTRACT 4.
 STUCK = "stuck"
@@ -28,8 +27,6 @@ DOWNLOAD_FAILED = "download_failed"
 INVALID_AUDIO = "invalid_audio"
 TOO_LARGE = "too_large"
 STORAGE_ERROR = "storage_error"
-JOB_ERROR_CODES = (STUCK, ORPHANED, SUPERSEDED, UPSTREAM_NOT_FOUND, UPSTREAM_AUTH_FAILED,
-                   DOWNLOAD_FAILED, INVALID_AUDIO, TOO_LARGE, STORAGE_ERROR)
 
 
 @dataclass(frozen=True)
@@ -59,10 +56,6 @@ class Job:
     # The heartbeat interval of the worker that runs the job: liveness is
     # judged by each worker's own interval (CONTRACT 4). None while queued.
     worker_heartbeat_interval: float | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE_STATUSES
 
     def to_json(self) -> dict:
         return {

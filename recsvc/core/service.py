@@ -15,8 +15,9 @@ carries a ``Hold``; ``hold()`` waits for its job and looks again (CONTRACT 5b).
 The retry counter is consulted only when a retry is on the table, inside
 that same transaction: GET decides 10b or 10c, then INCR + EXPIRE. A shared
 counter that is unreachable counts in the process meanwhile
-(``recsvc.storage.fallback_counter``), and the jobs table lends it the retries other
-processes made; a counter without a fallback that raises (sqlite://) is
+(``recsvc.storage.fallback_counter``), and the jobs table is a floor under any
+counter: it holds the retries of every process, also when Redis comes back
+empty. A counter without a fallback that raises (sqlite://) is
 logged and the retry allowed (fail open).
 """
 
@@ -381,11 +382,12 @@ class RecordingService:
                                                  outcome.last_job.id))
             return PlayResult(StorageRetry(), job=job, attempt=job.attempt)
         key = retry_key(call.business_id, call.call_sid)
-        floor = 0
+        # The jobs table, which every process shares, is a floor under the counter: a counter
+        # that is unreachable, or came back empty (a restarted Redis keeps nothing), does not
+        # know the retries other processes made (CONTRACT 3, the retry counter).
+        floor = self._attempts_on_record(outcome.last_job, now)
         try:
             attempts = self.counter.get(key) or 0
-            if getattr(self.counter, "in_fallback", False):
-                floor = self._attempts_on_record(outcome.last_job, now)
             ttl = None
             if max(attempts, floor) >= self.settings.max_retry_attempts:
                 ttl = self.counter.ttl(key) if attempts >= floor else self._window_left(outcome.last_job, now)
@@ -423,9 +425,10 @@ class RecordingService:
     def _attempts_on_record(self, last_job: Job, now: float) -> int:
         """The call's retry count as its jobs record it, while the window of its last retry lasts.
 
-        Used while a shared counter is unreachable (CONTRACT 3): this process's own count does
-        not know the retries other processes made, but the jobs table, which all of them share,
-        does: a retry job's attempt is the count after its INCR.
+        A shared counter that is unreachable or was restarted empty (CONTRACT 3) does not know
+        the retries made so far, nor does this process's own count know those of other
+        processes; the jobs table, which all of them share, does: a retry job's attempt is the
+        count after its INCR.
         """
         return last_job.attempt if self._window_left(last_job, now) > 0 else 0
 
@@ -559,7 +562,12 @@ class RecordingService:
 
     def retry_counter(self, business_id: int, call_sid: str) -> dict:
         key = retry_key(business_id, call_sid)
-        return {"key": key, "attempts": self.counter.get(key) or 0, "ttl": self.counter.ttl(key)}
+        view = {"key": key, "attempts": self.counter.get(key) or 0, "ttl": self.counter.ttl(key)}
+        if getattr(self.counter, "in_fallback", False):
+            # The view is the shared backend's (CONTRACT 3); while it is unreachable this process counts
+            # alone, which /metrics shows (recsvc_counter_fallback): say so rather than pass one for the other.
+            raise CounterError("the shared retry counter is unreachable; this process is counting on its own")
+        return view
 
     # ------------------------------------------------------------ health
 

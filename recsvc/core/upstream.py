@@ -31,7 +31,8 @@ bytes are sniffed: anything that is not audio fails with ``invalid_audio``.
 A worker hands each download a ``JobCut`` (CONTRACT 4): the job's own
 deadline (``started_at + job-timeout``) bounds every request and backoff
 pause, no request starts after it, and a try still running there is cut and
-raises ``JobDeadlinePassed``; ``JobCut.abandon()``, called from another
+raises ``JobDeadlinePassed``; when the next try's backoff would end past it,
+the download fails ``download_failed`` with the errors seen so far at once; ``JobCut.abandon()``, called from another
 thread when the job is no longer the worker's, shuts the request's sockets
 at once and raises ``DownloadAbandoned``. So a hung upstream holds a
 download thread for at most ``job-timeout``.
@@ -393,12 +394,19 @@ class Downloader:
         cut = cut if cut is not None else JobCut()
         deadline = None if cut.seconds_left is None else self._monotonic() + cut.seconds_left
         last_error = "no request made"
+        made = 0
         for attempt in range(self.requests_per_download):
             if attempt:
-                self._pause(self.backoff * 2 ** (attempt - 1), deadline, cut)
+                pause = self.backoff * 2 ** (attempt - 1)
+                if deadline is not None and self._monotonic() + pause >= deadline:
+                    # CONTRACT 4: no request starts after the job's deadline, so the errors
+                    # seen so far are the job's end: download_failed now, not stuck later.
+                    break
+                self._pause(pause, deadline, cut)
                 dest.seek(0)
                 dest.truncate()
             timeout = self._time_for_request(deadline, cut)  # CONTRACT 4: none starts after the deadline
+            made += 1
             try:
                 return self._request(url, dest, headers or {}, timeout, cut)
             except _Retryable as exc:
@@ -406,7 +414,7 @@ class Downloader:
                 last_error = str(exc)
                 log.info("download of %s failed (%s), request %d/%d", _loggable(url), exc,
                          attempt + 1, self.requests_per_download)
-        raise DownloadFailed(DOWNLOAD_FAILED, f"{last_error} (after {self.requests_per_download} requests)")
+        raise DownloadFailed(DOWNLOAD_FAILED, f"{last_error} (after {made} request{'s' if made > 1 else ''})")
 
     def _time_for_request(self, deadline: float | None, cut: JobCut) -> float:
         """Seconds the next request may take; raises DownloadCut when the job was abandoned or is out of time."""

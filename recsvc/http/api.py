@@ -220,7 +220,7 @@ class Api:
             response = exc.response()
         except (StoreError, OSError) as exc:
             response = self._storage_fault(exc, request)
-        except CounterError:  # only the admin view reads the counter without failing open
+        except CounterError:  # only the admin view raises it: the shared counter is unreachable (CONTRACT 3)
             response = json_error("counter_unavailable")
         except Exception:
             log.exception("unexpected error answering %s %s", request.method, request.path)

@@ -2,12 +2,12 @@
 
 Theory of operation. A check is a function of a ``Target`` (where the
 implementation listens, its tokens, and the calls known to be in each state)
-registered with ``@check(id, contract reference, *needs)``. It returns
-quietly on PASS, raises ``Fail(reason)``, or ``Skip(reason)``. ``needs``
-names what it must have: a call state (``ready``, ``pending``, ``no_url``,
-``missing``), ``admin`` (the admin token), ``upstream`` (a URL that serves
-audio) or ``own_upstream`` (the kit's loopback upstream, which it can script
-to hang or answer 404). ``CHECKS`` keeps registration order, which is the
+registered with ``@check(id, contract reference, *needs)`` and named for the
+promise it checks. It returns quietly on PASS, raises ``Fail(reason)``, or
+``Skip(reason)``. ``needs`` names what it must have: a call state (``ready``,
+``pending``, ``no_url``, ``missing``), ``admin`` (the admin token),
+``upstream`` (a URL that serves audio) or ``own_upstream`` (the kit's loopback
+upstream, which it can script to hang or answer 404). ``CHECKS`` keeps registration order, which is the
 run order: provisioning first (it fills in call states with --admin-token),
 then reads, then the drills that pause the workers.
 
@@ -75,14 +75,14 @@ def _comparable(answer: Answer) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- provisioning (with --admin-token)
 
 @check("admin.wrong_token_401", "CONTRACT 6 admin", "admin")
-def _(t):
+def a_wrong_admin_token_is_401(t):
     answer = t.ask("POST", "/admin/cleanup", token="conformance-wrong-admin-token")
     expect_error(answer, 401, "unauthorized")
     expect_header(answer, "WWW-Authenticate", r"Bearer.*")
 
 
 @check("admin.create_business", "CONTRACT 6 admin", "admin")
-def _(t):
+def creating_a_business_is_201_with_id_token_and_name(t):
     answer = t.admin("POST", "/admin/businesses", {"name": f"conformance kit {t.run_id}"})
     expect_status(answer, 201)
     body = answer.json()
@@ -99,7 +99,7 @@ def kit_business(t: Target) -> tuple[int, str]:
 
 
 @check("calls.url_not_allowed_422", "CONTRACT 6 PUT /api/calls", "admin")
-def _(t):
+def a_recording_url_off_the_allowlist_is_422(t):
     _, token = kit_business(t)
     answer = t.ask("PUT", f"/api/calls/{t.new_sid('refused')}", token=token,
                    body={"recording_url": "https://recsvc-conformance.invalid/recording.wav"})
@@ -107,7 +107,7 @@ def _(t):
 
 
 @check("provision.no_url_call", "CONTRACT 6 PUT /api/calls: 201 then 200", "admin")
-def _(t):
+def a_call_without_url_is_created_201_then_updated_200(t):
     _, token = kit_business(t)
     sid = t.new_sid("nourl")
     for status in (201, 200):
@@ -129,7 +129,7 @@ def put_call(t: Target, label: str, url: str) -> str:
 
 
 @check("provision.ready_call", "CONTRACT 3 row 10a, 7", "admin", "upstream")
-def _(t):
+def a_new_call_is_202_attempt_0_then_plays(t):
     _, token = kit_business(t)
     sid = put_call(t, "ready", t.upstream_url)
     first = t.ask("GET", f"/api/recordings/file/{sid}", token=token)
@@ -144,7 +144,7 @@ def _(t):
 
 
 @check("provision.pending_call", "CONTRACT 3 row 9", "admin", "own_upstream")
-def _(t):
+def a_call_with_a_hanging_url_stays_pending(t):
     _, token = kit_business(t)
     url = t.own_upstream.set("/conformance/hangs.wav", hang=True)
     sid = put_call(t, "pending", url)
@@ -155,26 +155,26 @@ def _(t):
 # ---------------------------------------------------------------- CONTRACT 3: credentials and call_sid
 
 @check("auth.missing_401", "CONTRACT 3 row 1")
-def _(t):
+def a_play_without_token_is_401(t):
     answer = t.ask("GET", "/api/recordings/file/conformance-probe", token=None)
     expect_error(answer, 401, "unauthorized")
     expect_header(answer, "WWW-Authenticate", r"Bearer.*")
 
 
 @check("auth.wrong_token_401", "CONTRACT 3 row 1")
-def _(t):
+def a_play_with_a_wrong_token_is_401(t):
     answer = t.ask("GET", "/api/recordings/file/conformance-probe", token="conformance-wrong-token")
     expect_error(answer, 401, "unauthorized")
     expect_header(answer, "WWW-Authenticate", r"Bearer.*")
 
 
 @check("auth.before_call_sid", "CONTRACT 3 rows 1-2 (first matching row wins)")
-def _(t):
+def credentials_are_judged_before_the_call_sid(t):
     expect_error(t.ask("GET", "/api/recordings/file/bad.sid", token=None), 401, "unauthorized")
 
 
 @check("call_sid.invalid_400", "CONTRACT 3 row 2")
-def _(t):
+def an_invalid_call_sid_is_400(t):
     for raw in ("bad.sid", "a" * 65, "bad%2Fsid", "sp%20ace"):
         try:
             expect_error(t.ask("GET", f"/api/recordings/file/{raw}"), 400, "invalid_call_sid")
@@ -183,27 +183,27 @@ def _(t):
 
 
 @check("call_sid.raw_path_400", "CONTRACT 3 row 2 (checked before any decoding)")
-def _(t):
+def the_call_sid_is_judged_on_the_raw_path(t):
     expect_error(t.ask("GET", "/api/recordings/file/%41BC"), 400, "invalid_call_sid")
 
 
 @check("call_sid.64_chars_accepted", "CONTRACT 3 rows 2-3")
-def _(t):
+def a_call_sid_of_64_characters_is_accepted(t):
     expect_error(t.ask("GET", f"/api/recordings/file/{'Z' * 56}{t.run_id}"), 404, "call_not_found")
 
 
 @check("missing.call_not_found_404", "CONTRACT 3 row 3", "missing")
-def _(t):
+def an_unknown_call_is_404_call_not_found(t):
     expect_error(t.play("missing"), 404, "call_not_found")
 
 
 @check("no_url.no_recording_url_404", "CONTRACT 3 row 5", "no_url")
-def _(t):
+def a_call_without_url_is_404_no_recording_url(t):
     expect_error(t.play("no_url"), 404, "no_recording_url")
 
 
 @check("isolation.other_business_404", "CONTRACT 1, 8.5", "ready")
-def _(t):
+def a_call_of_another_business_is_404_call_not_found(t):
     owner, sid = t.call("ready")
     if owner == t.token:
         raise Skip("needs a ready call of another business (--admin-token provisions one)")
@@ -213,7 +213,7 @@ def _(t):
 # ---------------------------------------------------------------- CONTRACT 5: serving the file
 
 @check("ready.200_audio", "CONTRACT 3 row 4, 5 Content-Type", "ready")
-def _(t):
+def a_ready_call_is_200_with_audio_bytes_of_their_type(t):
     answer = t.ready()
     content_type = (answer.header("content-type") or "").split(";")[0].strip().lower()
     expect(content_type in AUDIO_MAGIC, f"Content-Type {content_type or 'missing'} is not an audio type of CONTRACT 5")
@@ -221,29 +221,29 @@ def _(t):
 
 
 @check("ready.content_length", "CONTRACT 5", "ready")
-def _(t):
+def a_ready_file_has_its_content_length(t):
     answer = t.ready()
     expect(answer.header("content-length") == str(len(answer.body)),
            f"Content-Length {answer.header('content-length')} but {len(answer.body)} bytes came")
 
 
 @check("ready.accept_ranges", "CONTRACT 5", "ready")
-def _(t):
+def a_ready_file_accepts_byte_ranges(t):
     expect_header(t.ready(), "Accept-Ranges", "bytes")
 
 
 @check("ready.strong_etag", "CONTRACT 5", "ready")
-def _(t):
+def a_ready_file_has_a_strong_etag(t):
     expect_header(t.ready(), "ETag", r'"[\x21\x23-\x7e]*"')
 
 
 @check("ready.cache_control", "CONTRACT 5", "ready")
-def _(t):
+def a_ready_file_is_cached_privately_for_an_hour(t):
     expect_header(t.ready(), "Cache-Control", re.escape("private, max-age=3600"))
 
 
 @check("ready.last_modified", "CONTRACT 5", "ready")
-def _(t):
+def a_ready_file_has_a_last_modified_date(t):
     value = t.ready().header("last-modified")
     expect(value is not None, "no Last-Modified header")
     try:
@@ -253,25 +253,25 @@ def _(t):
 
 
 @check("ready.range_closed_206", "CONTRACT 5 bytes=a-b", "ready")
-def _(t):
+def a_closed_range_is_206_with_those_bytes(t):
     last = min(len(t.ready().body) - 1, 10)
     expect_partial(t, f"bytes=1-{last}", 1, last)
 
 
 @check("ready.range_open_206", "CONTRACT 5 bytes=a-", "ready")
-def _(t):
+def an_open_range_is_206_to_the_end(t):
     size = len(t.ready().body)
     expect_partial(t, f"bytes={size - 3}-", size - 3, size - 1)
 
 
 @check("ready.range_suffix_206", "CONTRACT 5 bytes=-n", "ready")
-def _(t):
+def a_suffix_range_is_206_with_the_last_bytes(t):
     size = len(t.ready().body)
     expect_partial(t, "bytes=-5", size - 5, size - 1)
 
 
 @check("ready.range_unsatisfiable_416", "CONTRACT 5", "ready")
-def _(t):
+def a_range_past_the_end_is_416(t):
     size = len(t.ready().body)
     answer = t.play("ready", headers={"Range": f"bytes={size}-"})
     expect_status(answer, 416)
@@ -279,21 +279,21 @@ def _(t):
 
 
 @check("ready.several_ranges_200", "CONTRACT 5", "ready")
-def _(t):
+def several_ranges_are_answered_200_whole(t):
     answer = t.play("ready", headers={"Range": "bytes=0-0,2-2"})
     expect_status(answer, 200)
     expect(answer.body == t.ready().body, "the body is not the whole file")
 
 
 @check("ready.if_range_stale_200", "CONTRACT 5", "ready")
-def _(t):
+def a_stale_if_range_is_answered_200_whole(t):
     answer = t.play("ready", headers={"Range": "bytes=0-0", "If-Range": '"conformance-stale"'})
     expect_status(answer, 200)
     expect(answer.body == t.ready().body, "the body is not the whole file")
 
 
 @check("ready.if_range_current_206", "CONTRACT 5, RFC 9110 13.1.5", "ready")
-def _(t):
+def a_current_if_range_is_answered_206(t):
     expect_partial_if_range = {"Range": "bytes=0-3", "If-Range": t.ready().header("etag") or ""}
     answer = t.play("ready", headers=expect_partial_if_range)
     expect_status(answer, 206)
@@ -301,7 +301,7 @@ def _(t):
 
 
 @check("ready.if_none_match_304", "CONTRACT 5", "ready")
-def _(t):
+def a_matching_if_none_match_is_304(t):
     etag = t.ready().header("etag")
     expect(etag is not None, "no ETag to send back")
     answer = t.play("ready", headers={"If-None-Match": etag})
@@ -310,7 +310,7 @@ def _(t):
 
 
 @check("ready.head_equals_get", "CONTRACT 5", "ready")
-def _(t):
+def head_answers_the_headers_of_get(t):
     head = t.play("ready", method="HEAD")
     expect_status(head, 200)
     expect(head.body == b"", "HEAD carried a body")
@@ -320,7 +320,7 @@ def _(t):
 
 
 @check("link.plays_without_headers", "CONTRACT 6 signed link, 3 credentials", "ready")
-def _(t):
+def a_signed_link_plays_without_headers(t):
     token, sid = t.call("ready")
     answer = t.ask("POST", f"/api/recordings/{sid}/link", token=token)
     expect_status(answer, 200)
@@ -335,7 +335,7 @@ def _(t):
 
 
 @check("link.altered_401", "CONTRACT 6 signed link", "ready")
-def _(t):
+def an_altered_signed_link_is_401(t):
     url = t.notes.get("link")
     if url is None:
         raise Skip("needs link.plays_without_headers")
@@ -346,14 +346,14 @@ def _(t):
 # ---------------------------------------------------------------- CONTRACT 3 rows 9-10 and 5b: processing
 
 @check("pending.202_retry_after", "CONTRACT 3 processing body", "pending")
-def _(t):
+def a_pending_call_is_202_with_retry_after(t):
     answer = t.play("pending")
     expect_status(answer, 202)
     expect_retry_after(answer)
 
 
 @check("pending.processing_body", "CONTRACT 3 processing body", "pending")
-def _(t):
+def a_pending_call_has_the_processing_body(t):
     answer = t.play("pending")
     expect_status(answer, 202)
     body = answer.json()
@@ -370,7 +370,7 @@ def _(t):
 
 
 @check("pending.prefer_wait_applied", "CONTRACT 5b", "pending")
-def _(t):
+def a_held_pending_call_says_preference_applied(t):
     answer = t.play("pending", headers={"Prefer": "wait=1"})
     expect(answer.status in (200, 202, 206), f"answered {answer.status} to a held request")
     applied = int(expect_header(answer, "Preference-Applied", r"wait=([0-9]+)").removeprefix("wait="))
@@ -381,13 +381,13 @@ def _(t):
 # ---------------------------------------------------------------- CONTRACT 6: HTTP hygiene
 
 @check("http.unknown_path_404", "CONTRACT 6 hygiene")
-def _(t):
+def an_unknown_path_is_404(t):
     for token in (None, t.token):
         expect_error(t.ask("GET", f"/conformance/no/such/path/{t.run_id}", token=token), 404, "not_found")
 
 
 @check("http.method_not_allowed_405", "CONTRACT 6 hygiene")
-def _(t):
+def a_wrong_method_is_405_with_allow(t):
     answer = t.ask("DELETE", "/api/recordings/file/conformance-probe")
     expect_error(answer, 405, None)
     allow = {m.strip().upper() for m in (answer.header("allow") or "").split(",")}
@@ -395,12 +395,12 @@ def _(t):
 
 
 @check("http.unknown_method_501", "CONTRACT 6 hygiene")
-def _(t):
+def an_unknown_method_is_501(t):
     expect_error(t.ask("BREW", "/healthz", token=None), 501, None)
 
 
 @check("open.healthz", "CONTRACT 6 open")
-def _(t):
+def healthz_is_200_ok_without_credentials(t):
     answer = t.ask("GET", "/healthz", token=None)
     expect_status(answer, 200)
     expect(answer.json().get("status") == "ok", "status is not 'ok'")
@@ -409,7 +409,7 @@ def _(t):
 # ---------------------------------------------------------------- CONTRACT 7: the player
 
 @check("client.plays_ready", "CONTRACT 7 200 -> play", "ready")
-def _(t):
+def the_player_plays_a_ready_call(t):
     token, sid = t.call("ready")
     recording = t.client(token).wait_for_recording(sid)
     expect(recording.body == t.ready().body, "the player got other bytes than a plain GET")
@@ -429,22 +429,22 @@ def expect_player_stops(t: Target, token: str | None, sid: str, kind: type, code
 
 
 @check("client.no_url_stops_not_found", "CONTRACT 7 404 -> not_found", "no_url")
-def _(t):
+def the_player_stops_not_found_on_a_call_without_url(t):
     expect_player_stops(t, *t.call("no_url"), RecordingNotFound, "no_recording_url")
 
 
 @check("client.missing_stops_call_not_found", "CONTRACT 7 404 call_not_found -> call_not_found", "missing")
-def _(t):
+def the_player_stops_call_not_found_on_an_unknown_call(t):
     expect_player_stops(t, *t.call("missing"), CallNotFound, "call_not_found")
 
 
 @check("client.wrong_token_stops_error", "CONTRACT 7 401 -> error")
-def _(t):
+def the_player_stops_with_an_error_on_a_wrong_token(t):
     expect_player_stops(t, "conformance-wrong-token", "conformance-probe", ClientError, "unauthorized")
 
 
 @check("client.pending_stops_on_time", "CONTRACT 7 timeout, 8.3", "pending")
-def _(t):
+def the_player_gives_up_on_a_pending_call_on_time(t):
     token, sid = t.call("pending")
     started = time.monotonic()
     try:
@@ -460,7 +460,7 @@ def _(t):
 # ---------------------------------------------------------------- drills (with --admin-token)
 
 @check("drill.no_live_worker_500", "CONTRACT 3 row 7, 8.7", "admin", "upstream")
-def _(t):
+def paused_workers_make_a_play_500_and_queue_one_job(t):
     business_id, token = kit_business(t)
     sid = put_call(t, "offline", t.upstream_url)
     paused = t.admin("POST", "/admin/workers/pause")
@@ -482,7 +482,7 @@ def _(t):
 
 
 @check("drill.resumed_worker_runs_queued_job", "CONTRACT 8.6", "admin", "upstream")
-def _(t):
+def a_resumed_worker_runs_the_queued_job(t):
     if "offline_sid" not in t.notes:
         raise Skip("needs drill.no_live_worker_500")
     _, token = kit_business(t)
@@ -493,7 +493,7 @@ def _(t):
 
 
 @check("drill.upstream_404", "CONTRACT 3 row 6, 7", "admin", "own_upstream")
-def _(t):
+def the_player_stops_recording_not_found_upstream_on_an_upstream_404(t):
     _, token = kit_business(t)
     sid = put_call(t, "gone", t.own_upstream.set("/conformance/gone.wav", status=404, body=b"gone\n",
                                                     content_type="text/plain"))
@@ -508,7 +508,7 @@ def _(t):
 
 
 @check("drill.cleanup", "CONTRACT 4, 6 admin", "admin")
-def _(t):
+def cleanup_answers_how_many_jobs_it_marked_failed(t):
     answer = t.admin("POST", "/admin/cleanup")
     expect_status(answer, 200)
     marked = answer.json().get("marked_failed")
@@ -516,7 +516,7 @@ def _(t):
 
 
 @check("drill.retry_counter_shape", "CONTRACT 3 retry counter, 6 admin", "admin")
-def _(t):
+def the_retry_counter_view_has_key_attempts_and_ttl(t):
     business_id, _ = kit_business(t)
     sid = t.notes.get("kit_ready_sid") or t.new_sid("never")
     answer = t.admin("GET", f"/admin/retry-counters/{business_id}/{sid}")
@@ -528,7 +528,7 @@ def _(t):
 
 
 @check("drill.jobs_shape", "CONTRACT 1 job, 6 admin", "admin")
-def _(t):
+def the_jobs_view_lists_jobs_with_every_field(t):
     business_id, _ = kit_business(t)
     sid = t.notes.get("kit_ready_sid")
     if sid is None:

@@ -33,7 +33,7 @@ from typing import Mapping
 
 from ..core.media import AUDIO_TYPES
 from .client import Progress, RecordingClient, RecordingError
-from .outcomes import EXIT_ERROR, EXIT_OK, EXIT_USAGE, OUTCOMES, exit_codes_help, words
+from .outcomes import EXIT_ERROR, EXIT_OK, EXIT_USAGE, LRI, OUTCOMES, PDI, exit_codes_help, words
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 DEFAULT_MAX_WAIT = 180.0
@@ -185,10 +185,22 @@ class ProgressLine:
 
 
 def fit(text: str, width: int) -> str:
-    """``text`` cut to at most ``width`` characters, an ellipsis marking the cut."""
-    if len(text) <= width:
+    """``text`` cut to at most ``width`` columns, an ellipsis marking the cut.
+
+    The isolate marks around server text in Hebrew (LRI ... PDI) take no
+    column; a left-to-right run the cut ends is closed before the ellipsis
+    (CONTRACT 7: server text keeps its own run)."""
+    if len(text) - text.count(LRI) - text.count(PDI) <= width:
         return text
-    return text[: max(width - 1, 0)] + "…"
+    kept, columns = [], 0
+    for char in text:
+        if char not in (LRI, PDI):
+            if columns == max(width - 1, 0):
+                break
+            columns += 1
+        kept.append(char)
+    cut = "".join(kept)
+    return cut + PDI * max(cut.count(LRI) - cut.count(PDI), 0) + "…"
 
 
 def _isatty(stream) -> bool:

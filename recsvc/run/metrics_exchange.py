@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
 from typing import Callable
+
+from ..storage.store import StorageOutage
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +46,14 @@ class MetricsExchange:
     def publish(self) -> None:
         path = self._path(self._index)
         temp = f"{path}.{os.getpid()}.tmp"
-        with open(temp, "w") as out:
-            json.dump(self._families(), out, separators=(",", ":"))
-        os.replace(temp, path)
+        try:
+            with open(temp, "w") as out:
+                json.dump(self._families(), out, separators=(",", ":"))
+            os.replace(temp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.remove(temp)  # a half-written file would hold space on a full disk
+            raise
 
     def peers(self) -> list[dict]:
         """The other processes' families, from their files that are fresh."""
@@ -70,11 +78,15 @@ class MetricsExchange:
         return self
 
     def _loop(self) -> None:
+        # A full disk costs one line when it starts and one when it ends (CONTRACT 3, storage faults).
+        outage = StorageOutage("writing this process's metrics for the others", log)
         while not self._stopping.wait(self.INTERVAL):
             try:
                 self.publish()
-            except OSError:
-                log.warning("could not write this process's metrics for the others", exc_info=True)
+            except OSError as exc:
+                outage.failed(exc)
+            else:
+                outage.worked()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -243,7 +243,11 @@ SQL = {
     "lost_jobs": "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?1)) "
                  "AND NOT (status = 'running' AND worker_id = ?2)",
     # A write that changes nothing: can this process write at all? (CONTRACT 3, row 7)
-    "probe_write": "UPDATE control SET workers_paused = workers_paused WHERE id = 1",
+    # A write probe must change bytes: SQLite skips a row rewritten with identical content, so
+    # "SET x = x" writes nothing and passes on a read-only database. Changed and changed back in
+    # one transaction, the page is written and no reader ever sees the mark.
+    "probe_write_mark": "UPDATE control SET workers_paused = workers_paused + 2 WHERE id = 1",
+    "probe_write_unmark": "UPDATE control SET workers_paused = workers_paused - 2 WHERE id = 1",
     "delete_worker": "DELETE FROM workers WHERE id = ?",
     "all_workers": "SELECT id, host, pid, threads, heartbeat_interval, started_at, heartbeat_at FROM workers",
     "live_worker": f"SELECT 1 FROM workers WHERE heartbeat_at > ? - {LIVENESS_BEATS} * heartbeat_interval "
@@ -509,7 +513,8 @@ class Tx:
         return [row[0] for row in self._all("lost_jobs", json.dumps(job_ids), worker_id)]
 
     def probe_write(self) -> None:
-        self._run("probe_write")
+        self._run("probe_write_mark")
+        self._run("probe_write_unmark")
 
     def delete_worker(self, worker_id: str) -> None:
         self._run("delete_worker", worker_id)
