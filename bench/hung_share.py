@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
     import tempfile
 
-    from recsvc.demo_audio import sized_wav
-    from recsvc.fake_upstream import FakeUpstream
+    from recsvc.demo.audio import sized_wav
+    from recsvc.demo.fake_upstream import FakeUpstream
 
     from .run import ADMIN_TOKEN, Recsvc
 

@@ -1,6 +1,6 @@
 """The recsvc benchmark: start recsvc as a real process, load it, print one table.
 
-Theory of operation. ``main()`` starts a fake upstream (``recsvc.fake_upstream``)
+Theory of operation. ``main()`` starts a fake upstream (``recsvc.demo.fake_upstream``)
 and one recsvc process on 127.0.0.1 with realistic data: a business, many
 calls, cached recordings of 1 MiB and 64 KiB, and a pending job held pending
 by an upstream that hangs. Each scenario then runs for a fixed duration
@@ -44,8 +44,8 @@ else:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from recsvc.demo_audio import sized_wav  # noqa: E402
-from recsvc.fake_upstream import FakeUpstream  # noqa: E402
+from recsvc.demo.audio import sized_wav  # noqa: E402
+from recsvc.demo.fake_upstream import FakeUpstream  # noqa: E402
 
 HOST = "127.0.0.1"
 ADMIN_TOKEN = "bench-admin-token-0123456789"

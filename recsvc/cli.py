@@ -10,150 +10,17 @@ after that is left to the orphan rule of the next start.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import logging
-import math
 import os
 import signal
 import sys
 import threading
-import time
 
 from . import __version__
-from .clock import iso_utc
-from .settings import SETTINGS, SettingsError, add_setting_flags, load_settings, unknown_variables
+from .contract.settings import SETTINGS, SettingsError, add_setting_flags, load_settings, parse_redis_url, unknown_variables
+from .run.logs import JsonLogFormatter, configure_logging
 
 log = logging.getLogger("recsvc")
-
-
-class _PerSecond:
-    """The text of the current second, computed once per second and shared by every record.
-
-    The state is one (second, text) tuple replaced whole, so threads formatting
-    at once read a consistent pair without a lock; at worst two of them compute
-    the same second's text.
-    """
-
-    def __init__(self, render):
-        self._render = render  # whole second -> its text
-        self._cached = (None, "")
-
-    def __call__(self, second: int) -> str:
-        cached_second, text = self._cached
-        if cached_second != second:
-            text = self._render(second)
-            self._cached = (second, text)
-        return text
-
-
-class TextLogFormatter(logging.Formatter):
-    """The text lines: ``asctime levelname name: message``, the asctime of each second formatted once.
-
-    ``logging.Formatter.formatTime`` runs localtime and strftime per record:
-    ~2 us of every access-log line. The seconds part depends on the whole
-    second alone (localtime floors, and zone offsets are whole seconds), so
-    it is kept; the milliseconds are appended per record exactly as the base
-    class does.
-    """
-
-    FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-    def __init__(self):
-        super().__init__(self.FORMAT)
-        self._seconds = _PerSecond(lambda second: time.strftime(self.default_time_format, self.converter(second)))
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        if datefmt:
-            return super().formatTime(record, datefmt)
-        return self.default_msec_format % (self._seconds(math.floor(record.created)), record.msecs)
-
-
-# The arguments of recsvc.httpcore's access line, in order, as JSON fields.
-ACCESS_FIELDS = ("client", "method", "path", "status", "bytes", "duration_ms")
-
-
-class JsonLogFormatter(logging.Formatter):
-    """``--log-format json``: one JSON object per line, for log shippers.
-
-    Besides ``time``, ``level``, ``logger`` and ``message``, an access line
-    carries its parts as fields (``ACCESS_FIELDS``), and a record with a
-    ``fields`` dict (the listening line) carries those.
-    """
-
-    _encoder = json.JSONEncoder(ensure_ascii=False)  # json.dumps(..., ensure_ascii=False) builds one per call
-
-    def __init__(self):
-        super().__init__()
-        self._seconds = _PerSecond(lambda second: iso_utc(second)[:-4])  # "...T23:16:31."
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if fields:
-            entry.update(fields)
-        elif record.name == "recsvc.access" and isinstance(record.args, tuple) and len(record.args) == len(ACCESS_FIELDS):
-            entry.update(zip(ACCESS_FIELDS, record.args))
-            entry["duration_ms"] = round(entry["duration_ms"], 1)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        return self._encoder.encode(entry)
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        """``iso_utc(record.created)``, its seconds part formatted once per second."""
-        # datetime.fromtimestamp rounds to whole microseconds, half to even, which may
-        # carry into the next second; round() on the fraction does the same.
-        if record.created < 0:
-            return iso_utc(record.created)
-        fraction, second = math.modf(record.created)
-        micros = round(fraction * 1e6)
-        if micros == 1_000_000:
-            second, micros = second + 1, 0
-        return f"{self._seconds(int(second))}{micros // 1000:03d}Z"
-
-
-class _LineHandler(logging.StreamHandler):
-    """A StreamHandler that does not flush after each line when the stream already did.
-
-    sys.stderr is line-buffered, or unbuffered under ``python -u`` /
-    PYTHONUNBUFFERED: either way each line reaches the file descriptor in
-    ``write``, and the handler's extra flush is only a second lock round per
-    access-log line. Any other stream is flushed per line as before.
-    """
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._writes_through = bool(getattr(stream, "line_buffering", False)) or isinstance(
-            getattr(stream, "buffer", None), io.RawIOBase)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self._writes_through:
-            super().emit(record)
-            return
-        try:
-            self.stream.write(self.format(record) + self.terminator)
-        except RecursionError:  # as StreamHandler.emit
-            raise
-        except Exception:
-            self.handleError(record)
-
-
-def configure_logging(log_format: str = "text") -> None:
-    """INFO and above to stderr (CONTRACT 2), as text lines or JSON objects."""
-    handler = _LineHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter() if log_format == "json" else TextLogFormatter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    # No record names its caller's file, thread or process (the formats do not print
-    # them): skipping those lookups takes ~20 us off every access-log line.
-    logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -162,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="HTTP API and, unless --workers 0, download workers")
     add_setting_flags(serve)
-    # Set by ``serve --processes N`` on the serving processes it starts (recsvc.prefork).
+    # Set by ``serve --processes N`` on the serving processes it starts (recsvc.run.prefork).
     for hidden in ("--listen-fd", "--parent-fd", "--queued-fd", "--process-index"):
         serve.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
     # The demo's module is imported only when it runs: serve and worker do without its imports.
@@ -270,7 +137,6 @@ def _fail(line: str) -> int:
 def _counter_shown(counter: str) -> str:
     """The counter URL for the start-up line: a Redis password never appears."""
     if counter.startswith("redis://"):
-        from .redis_counter import parse_redis_url
         return str(parse_redis_url(counter))
     return counter
 
@@ -306,11 +172,11 @@ def _warn_unknown_variables() -> None:
 
 
 def run_service(args: argparse.Namespace, http: bool) -> int:
-    from .app import App, StartError, prepare_data_dir
+    from .run.app import App, StartError, prepare_data_dir
 
     child = http and args.listen_fd is not None
     try:
-        # A serving process of --processes N answers requests only (recsvc.prefork).
+        # A serving process of --processes N answers requests only (recsvc.run.prefork).
         settings = load_settings(args, workers=0) if child else load_settings(args)
     except SettingsError as exc:
         return _fail(str(exc))
@@ -324,7 +190,7 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
     signals = _stop_on_signal()  # before the listening line: a signal right after it is not missed
     listen_socket = None
     if child:
-        from .prefork import adopt_socket, job_queued_notifier, watch_parent
+        from .run.prefork import adopt_socket, job_queued_notifier, watch_parent
         listen_socket = adopt_socket(args.listen_fd)
     app = None
     try:
@@ -345,7 +211,7 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
         app.job_queue_listeners.append(job_queued_notifier(args.queued_fd))
     group = None
     if settings.processes > 1 and not child:
-        from .prefork import ServingProcesses
+        from .run.prefork import ServingProcesses
         group = ServingProcesses(app.http.socket, _given_flags(args), settings.processes - 1,
                                  stop_timeout=settings.shutdown_grace + 5,
                                  on_job_queued=app.pool.wake if app.pool else (lambda: None)).start()
@@ -384,7 +250,7 @@ def _announce_listening(settings, app) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo as demo_main
+    from .demo.demo import run_demo as demo_main
     signals = _stop_on_signal()
     return demo_main(args, wait_for_signal=lambda: _wait_for_signal(signals))
 
@@ -406,11 +272,8 @@ def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 
     glibc gives each new thread that allocates an arena of its own, up to 8
     per core, and an arena keeps its freed memory. recsvc's threads spend
-    their time waiting on sockets and on the GIL, so their own arenas bought
-    no throughput in ``make bench`` (poll_202 and file_1m within run-to-run
-    noise) and cost about 0.2 MiB per download thread: the first process of
-    ``make bench`` (16 download threads) held 32.6 to 32.8 MiB after seeding,
-    and 29.1 to 29.4 with the cap. Set ``MALLOC_ARENA_MAX`` in the
+    their time waiting on sockets and on the GIL, so their own arenas buy no
+    throughput and only hold memory per thread (docs/measurements.md). Set ``MALLOC_ARENA_MAX`` in the
     environment to choose otherwise; it is then left alone, as are C
     libraries other than glibc (musl, macOS).
     """
@@ -428,14 +291,14 @@ def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cap_malloc_arenas()  # before any thread allocates
-    if argv[:1] == ["fetch"]:  # the player on the command line has its own flags (recsvc.fetch)
-        from .fetch import main as fetch_main
+    if argv[:1] == ["fetch"]:  # the player on the command line has its own flags (recsvc.player.fetch)
+        from .player.fetch import main as fetch_main
         return fetch_main(argv[1:])
-    if argv[:1] == ["jobs"]:  # the operator's view of the jobs has its own flags (recsvc.jobs_command)
-        from .jobs_command import main as jobs_main
+    if argv[:1] == ["jobs"]:  # the operator's view of the jobs has its own flags (recsvc.run.jobs)
+        from .run.jobs import main as jobs_main
         return jobs_main(argv[1:])
-    if argv[:1] == ["conformance"]:  # the conformance kit has its own flags (recsvc.conformance)
-        from .conformance import main as conformance_main
+    if argv[:1] == ["conformance"]:  # the conformance kit has its own flags (recsvc.kit.conformance)
+        from .kit.conformance import main as conformance_main
         return conformance_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)

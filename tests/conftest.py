@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from recsvc.app import App
-from recsvc.fake_upstream import FakeUpstream
-from recsvc.settings import Settings, load_settings
+from recsvc.run.app import App
+from recsvc.demo.fake_upstream import FakeUpstream
+from recsvc.contract.settings import Settings, load_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADMIN_TOKEN = "test-admin-token-0123456789"

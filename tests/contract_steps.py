@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from recsvc.demo_audio import tune_for
+from recsvc.demo.audio import tune_for
 
 JOB_TIMEOUT = 300          # the default --job-timeout; the sweeper then runs every 60 real seconds
 PAST_JOB_TIMEOUT = JOB_TIMEOUT + 1
@@ -140,8 +140,8 @@ def shared_harness(tmp_path_factory, **overrides):
     uses its own business and call_sid, so none sees another's state.
     """
     from conftest import FakeClock, Harness, make_settings  # noqa: PLC0415 - conftest is pytest's module
-    from recsvc.app import App
-    from recsvc.fake_upstream import FakeUpstream
+    from recsvc.run.app import App
+    from recsvc.demo.fake_upstream import FakeUpstream
 
     clock = FakeClock()
     with FakeUpstream() as upstream:

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from recsvc.counter import retry_key
+from recsvc.storage.counter import retry_key
 
 KEY = retry_key(7, "CA1")
 OTHER = retry_key(7, "CA2")

@@ -11,9 +11,9 @@ import logging
 import os
 
 from conftest import wait_until
-from recsvc.demo_audio import sized_wav
-from recsvc.files import HOSTNAME, TEMP_SUFFIX
-from recsvc.model import STORAGE_ERROR
+from recsvc.demo.audio import sized_wav
+from recsvc.storage.files import HOSTNAME, TEMP_SUFFIX
+from recsvc.contract.model import STORAGE_ERROR
 
 WAV = sized_wav(40_000)
 
@@ -35,7 +35,7 @@ def test_a_download_whose_job_was_failed_stuck_is_abandoned_at_the_next_heartbea
     h.clock.advance(31)
     assert h.app.service.cleanup() == 1  # the sweeper fails it stuck
     assert pool.abandoned_downloads() == 1, "the thread is busy on a job that is no longer its own"
-    with caplog.at_level(logging.INFO, logger="recsvc.worker"):
+    with caplog.at_level(logging.INFO, logger="recsvc.core.worker"):
         pool.heartbeat()
         assert wait_until(lambda: pool.busy == 0, 1.0), "the thread was not freed by the heartbeat"
     assert pool.abandoned_downloads() == 0
@@ -71,7 +71,7 @@ def test_a_try_running_at_the_jobs_deadline_is_cut_and_the_job_failed_stuck(hang
     h = hanging(workers=1, job_timeout=0.6, heartbeat_interval=60)  # download-timeout stays 10 s
     token = h.business()
     h.put_call(token, "CA-SLOW", upstream.set("/slow.wav", body=WAV, hang=True))
-    with caplog.at_level(logging.WARNING, logger="recsvc.worker"):
+    with caplog.at_level(logging.WARNING, logger="recsvc.core.worker"):
         assert h.play(token, "CA-SLOW").status == 202
         job = h.wait_for_job("CA-SLOW", statuses=("failed",), timeout=3)
     assert (job["error_code"], job["error_message"]) == ("stuck", "running 0s without completion")

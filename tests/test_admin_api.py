@@ -11,7 +11,7 @@ from contract_steps import (
     call_with_recording, jobs_of, new_business, play_until_cached, raw_exchange, shared_harness, wait_for_job,
 )
 
-from recsvc.demo_audio import sized_wav
+from recsvc.demo.audio import sized_wav
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 JOB_FIELDS = {"id", "business_id", "call_sid", "recording_url", "status", "created_at", "started_at", "finished_at",

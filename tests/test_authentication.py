@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from recsvc import service as service_module
-from recsvc.store import Tx
+from recsvc.core import service as service_module
+from recsvc.storage.store import Tx
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import threading
 import time
 
 from conftest import ADMIN_TOKEN, request, spawn_recsvc, stop_processes, wait_listening
-from recsvc.app import DATABASE_FILE
-from recsvc.demo_audio import sized_wav
+from recsvc.run.app import DATABASE_FILE
+from recsvc.demo.audio import sized_wav
 
 SIZE = 20_000
 # A play answered by one process reaches the others' eviction within this

@@ -22,7 +22,7 @@ from contract_fake import (
     failure,
     processing,
 )
-from recsvc.client import (
+from recsvc.player.client import (
     CallNotFound,
     ClientError,
     DownloadFailed,
@@ -42,7 +42,7 @@ from recsvc.client import (
     prefer_wait_seconds,
     retry_after_seconds,
 )
-from recsvc.outcomes import OUTCOMES, outcome_message
+from recsvc.player.outcomes import OUTCOMES, outcome_message
 
 CONTRACT = pathlib.Path(__file__).resolve().parent.parent / "CONTRACT.md"
 

@@ -15,11 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import ADMIN_TOKEN, ROOT, make_settings, request
-from recsvc.app import App
-from recsvc.conformance import main
-from recsvc.conformance_checks import CHECKS
-from recsvc.demo_audio import tune_for
-from recsvc.media import Conditions, plan_response, strong_etag
+from recsvc.run.app import App
+from recsvc.kit.conformance import main
+from recsvc.kit.checks import CHECKS
+from recsvc.demo.audio import tune_for
+from recsvc.core.media import Conditions, plan_response, strong_etag
 
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped$", re.M)
 

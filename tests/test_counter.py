@@ -18,11 +18,13 @@ import pytest
 from counter_contract import KEY, CounterContract
 from redis_server import RedisServer, free_port, requires_redis
 
-from recsvc.counter import CounterError, MemoryCounter, open_counter
-from recsvc.fallback_counter import FallbackCounter
-from recsvc.redis_counter import RedisAddress, RedisCounter, parse_redis_url
+from recsvc.storage.counter import CounterError, MemoryCounter
+from recsvc.storage.counters import open_counter
+from recsvc.storage.fallback_counter import FallbackCounter
+from recsvc.storage.redis_counter import RedisCounter
+from recsvc.contract.settings import RedisAddress, parse_redis_url
 
-COUNTER_LOG = "recsvc.redis_counter"
+COUNTER_LOG = "recsvc.storage.redis_counter"
 
 
 class FakeClock:

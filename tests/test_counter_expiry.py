@@ -15,9 +15,9 @@ import pytest
 from conftest import FakeClock
 from counter_contract import KEY
 
-from recsvc.counter import MemoryCounter
-from recsvc.sqlite_counter import SqliteCounter
-from recsvc.store import Store
+from recsvc.storage.counter import MemoryCounter
+from recsvc.storage.sqlite_counter import SqliteCounter
+from recsvc.storage.store import Store
 
 WINDOW = 5.0
 TICK = 0.001  # one fake-clock tick: far below a window, far above float error at these magnitudes

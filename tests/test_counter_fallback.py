@@ -18,12 +18,12 @@ from counter_contract import KEY, CounterContract
 from redis_server import free_port, requires_redis
 
 from processes import SERVE_ARGS, Client, put_calls
-from recsvc.counter import MemoryCounter
-from recsvc.demo_audio import sized_wav
-from recsvc.fallback_counter import FallbackCounter
-from recsvc.redis_counter import RedisCounter
+from recsvc.storage.counter import CounterError, MemoryCounter
+from recsvc.demo.audio import sized_wav
+from recsvc.storage.fallback_counter import FallbackCounter
+from recsvc.storage.redis_counter import RedisCounter
 
-FALLBACK_LOG = "recsvc.fallback_counter"
+FALLBACK_LOG = "recsvc.storage.fallback_counter"
 
 
 class FakeClock:
@@ -78,7 +78,7 @@ def test_an_outage_is_counted_in_the_process_logged_twice_and_the_count_survives
     assert counter.in_fallback and counter.outages == 1 and outages == [1]
     assert 55 <= counter.ttl(KEY) <= 60
     assert len(outage_lines(caplog)) == 1 and "unreachable" in outage_lines(caplog)[0]
-    assert [r for r in caplog.records if r.name == "recsvc.redis_counter"] == [], "one layer logs the outage"
+    assert [r for r in caplog.records if r.name == "recsvc.storage.redis_counter"] == [], "one layer logs the outage"
 
     redis_server.start()  # --save '': it comes back empty
     assert counter.get(KEY) == 3, "a restarted, empty server must not reset the count within its window"
@@ -106,7 +106,7 @@ def test_during_an_outage_the_server_is_asked_at_most_once_per_interval():
     class Down:
         def get(self, key):
             asked.append(key)
-            raise __import__("recsvc.counter").counter.CounterError("connection refused")
+            raise CounterError("connection refused")
 
         def close(self):
             pass

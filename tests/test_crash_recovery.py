@@ -24,10 +24,10 @@ import pytest
 
 from conftest import FakeClock
 from processes import SERVE_ARGS, Client, read_db
-from recsvc.demo_audio import sized_wav
-from recsvc.files import HOSTNAME, TEMP_SUFFIX, RecordingFiles
-from recsvc.store import Store
-from recsvc.worker import recover_orphans
+from recsvc.demo.audio import sized_wav
+from recsvc.storage.files import HOSTNAME, TEMP_SUFFIX, RecordingFiles
+from recsvc.storage.store import Store
+from recsvc.core.worker import recover_orphans
 
 SEED = 20261128
 ROUNDS = 5

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from recsvc.decision import (
+from recsvc.contract.decision import (
     RECORDING_DOWNLOAD_FAILED, WORKER_NOT_PROCESSING_QUEUE, CallNotFound, FirstJob, InvalidCallSid, NoLiveWorker,
     NoRecordingUrl, PlayFacts, Processing, RecordingNotFoundUpstream, RetryAllowed, RetryNeeded, RetryRefused,
     ServeFile, Unauthorized, decide_play, decide_retry, stuck_reason,
 )
-from recsvc.model import Call, Job
-from recsvc.settings import Settings
+from recsvc.contract.model import Call, Job
+from recsvc.contract.settings import Settings
 
 NOW = 10_000.0
 S = Settings(job_timeout=300, heartbeat_interval=5, max_retry_attempts=3, retry_window=600)

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import ROOT, request
 from demo_process import ADMIN, DemoProcess, play, start_demo
-from recsvc.demo import SCENARIOS
-from recsvc.demo_audio import tune_for
+from recsvc.demo.demo import SCENARIOS
+from recsvc.demo.audio import tune_for
 
 CALLS = {s.key: s.call_sid for s in SCENARIOS}
 

@@ -20,7 +20,7 @@ import pytest
 from chromium import Browser, require_chromium
 from conftest import ROOT
 from demo_process import ADMIN, FAST, start_process
-from recsvc.demo import DRILLS_HEBREW, HEBREW, SCENARIOS
+from recsvc.demo.demo import DRILLS_HEBREW, HEBREW, SCENARIOS
 
 LESSON = (*FAST, "--job-timeout", "2", "--download-timeout", "4", "--max-wait", "0.5")
 VIEWPORT = {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False}

@@ -1,7 +1,7 @@
 """The demo page in headless Chromium: it lists every scenario with its player and live panels.
 
 Chromium runs the page for a few seconds of virtual time and dumps the DOM.
-When recsvc/static/player.js is not there yet, the demo runs from a copy of
+When recsvc/player/web/player.js is not there yet, the demo runs from a copy of
 the package with a minimal stand-in player (below), so the page's use of
 ``mountPlayer`` (``fetchImpl``, ``onState``, ``data-state``) is exercised either way.
 """
@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT
 from demo_process import ADMIN, start_process
-from recsvc.demo import DRILLS, SCENARIOS
+from recsvc.demo.demo import DRILLS, SCENARIOS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -65,11 +65,11 @@ def dump_dom(url: str, profile) -> str:
 
 def package_with_player(tmp_path) -> str:
     """ROOT when the real player is there; else a copy of recsvc with the stand-in player."""
-    if os.path.exists(os.path.join(ROOT, "recsvc", "static", "player.js")):
+    if os.path.exists(os.path.join(ROOT, "recsvc", "player", "web", "player.js")):
         return ROOT
     copy = tmp_path / "src"
     shutil.copytree(os.path.join(ROOT, "recsvc"), copy / "recsvc", ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "recsvc" / "static" / "player.js").write_text(STAND_IN_PLAYER, encoding="utf-8")
+    (copy / "recsvc" / "player" / "web" / "player.js").write_text(STAND_IN_PLAYER, encoding="utf-8")
     return str(copy)
 
 

@@ -18,9 +18,9 @@ from contract_steps import (
     play_until_cached, retry_counter, shared_harness, wait_for_job, wait_until_running,
 )
 
-from recsvc.app import App
-from recsvc.counter import CounterError
-from recsvc.demo_audio import sized_wav, tune_for
+from recsvc.run.app import App
+from recsvc.storage.counter import CounterError
+from recsvc.demo.audio import sized_wav, tune_for
 
 RETRY_WINDOW = 600
 MAX_BYTES = 4000

@@ -12,8 +12,8 @@ import wave
 
 import pytest
 
-from recsvc.demo_audio import sized_wav, tone_wav, tune_for
-from recsvc.fake_upstream import FakeUpstream, Script
+from recsvc.demo.audio import sized_wav, tone_wav, tune_for
+from recsvc.demo.fake_upstream import FakeUpstream, Script
 
 
 # -- demo audio ---------------------------------------------------------------

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from processes import SERVE_ARGS, Client, put_calls, read_db
-from recsvc.demo_audio import sized_wav
+from recsvc.demo.audio import sized_wav
 
 DRILL_SECONDS = 20  # no drill waits longer than this for its players
 

@@ -25,12 +25,12 @@ import pytest
 from conftest import (
     ADMIN_TOKEN, FakeClock, Harness, make_settings, request, spawn_recsvc, wait_listening, wait_until,
 )
-from recsvc import app as app_module
-from recsvc.app import DATABASE_FILE, App
-from recsvc.counter import CounterError
-from recsvc.demo_audio import sized_wav
-from recsvc.files import TEMP_SUFFIX
-from recsvc.store import Store
+from recsvc.run import app as app_module
+from recsvc.run.app import DATABASE_FILE, App
+from recsvc.storage.counter import CounterError
+from recsvc.demo.audio import sized_wav
+from recsvc.storage.files import TEMP_SUFFIX
+from recsvc.storage.store import Store
 
 
 def _jobs(data_dir, call_sid: str) -> list:
@@ -259,7 +259,7 @@ def test_a_write_locked_database_answers_503_storage_busy_then_recovers(tmp_path
         assert svc.play(token, "CANEW").status == 202
         assert svc.wait_for_job("CANEW")["status"] == "completed"
         assert svc.play(token, "CANEW").body == body
-        unexpected = [r.getMessage() for r in caplog.records if r.name == "recsvc.api" and r.levelno >= logging.ERROR]
+        unexpected = [r.getMessage() for r in caplog.records if r.name == "recsvc.http.api" and r.levelno >= logging.ERROR]
         assert not unexpected, unexpected
     finally:
         app.stop(grace=0.5)

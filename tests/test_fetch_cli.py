@@ -12,9 +12,9 @@ import sys
 import pytest
 
 from contract_fake import TOKEN, WAV, FakeClock, ScriptedServer, audio, closed_port, failure, processing
-from recsvc import fetch
-from recsvc.client import RecordingClient, message
-from recsvc.outcomes import LRI, OUTCOMES, PDI
+from recsvc.player import fetch
+from recsvc.player.client import RecordingClient, message
+from recsvc.player.outcomes import LRI, OUTCOMES, PDI
 
 MESSAGES = {lang: {name: getattr(outcome, lang) for name, outcome in OUTCOMES.items()} for lang in ("he", "en")}
 
@@ -304,7 +304,7 @@ def run_module(args, server, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env.update(PYTHONPATH=str(REPO), RECSVC_TOKEN=TOKEN, RECSVC_BASE_URL=server.base_url)
     return subprocess.run(
-        [sys.executable, "-m", "recsvc.fetch", *args],
+        [sys.executable, "-m", "recsvc.player.fetch", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,

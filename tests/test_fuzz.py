@@ -16,7 +16,7 @@ import threading
 import time
 
 from rawhttp import exchange, request_bytes
-from recsvc.demo_audio import sized_wav
+from recsvc.demo.audio import sized_wav
 
 SEED = int(os.environ.get("RECSVC_FUZZ_SEED", "6006"))
 INPUTS = int(os.environ.get("RECSVC_FUZZ_INPUTS", "5000"))

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import wait_until
 from rawhttp import connect, exchange, parse_answer, read_until_closed, request_bytes, reset
-from recsvc.demo_audio import sized_wav
+from recsvc.demo.audio import sized_wav
 
 
 def _address(svc):

@@ -1,12 +1,12 @@
-"""The sans-IO body framing of recsvc.http_framing (RFC 9112 6-7), without sockets: the same bytes
+"""The sans-IO body framing of recsvc.http.framing (RFC 9112 6-7), without sockets: the same bytes
 give the same body, or the same refusal, however they are split."""
 
 from __future__ import annotations
 
 import pytest
 
-from recsvc.http_framing import ChunkedBody, body_length
-from recsvc.http_protocol import RequestError
+from recsvc.http.framing import ChunkedBody, body_length
+from recsvc.http.protocol import RequestError
 
 WHOLE = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
 

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from recsvc.http_protocol import MAX_HEADER_LINES, MAX_LINE_BYTES, RequestError, RequestHead, head_end
+from recsvc.http.protocol import MAX_HEADER_LINES, MAX_LINE_BYTES, RequestError, RequestHead, head_end
 
 
 def line_by_line(head: bytes):

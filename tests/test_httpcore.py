@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from recsvc import httpcore
-from recsvc.httpcore import FileBody, HTTPServer, Request, Response, json_error
+from recsvc.http.protocol import FileBody, Request, Response, json_error, render_response
+from recsvc.http.server import HTTPServer
 
 # ---------------------------------------------------------------- fixtures
 
@@ -900,7 +900,7 @@ def test_app_exception_is_500_json_with_one_error_line(client, caplog, capsys):
     assert b"Traceback" not in body and b"RuntimeError" not in body
     assert c.is_closed()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and errors[0].name == "recsvc.httpcore" and errors[0].exc_info
+    assert len(errors) == 1 and errors[0].name == "recsvc.http.server" and errors[0].exc_info
     assert "Traceback" not in capsys.readouterr().err
     c2 = client()
     c2.send(get("/"))
@@ -926,7 +926,7 @@ def test_client_reset_mid_answer_costs_one_line_and_no_traceback(client, caplog,
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline and not any("disconnected" in r.getMessage() for r in caplog.records):
         time.sleep(0.02)
-    lines = [r for r in caplog.records if r.name == "recsvc.httpcore"]
+    lines = [r for r in caplog.records if r.name == "recsvc.http.server"]
     assert len(lines) == 1 and "disconnected during GET /big" in lines[0].getMessage()
     assert lines[0].levelno in (logging.INFO, logging.WARNING) and not lines[0].exc_info
     assert "Traceback" not in capsys.readouterr().err
@@ -993,7 +993,7 @@ def test_request_repr_does_not_show_header_values():
 
 
 def test_json_error_shape():
-    response = json_error(404, "call_not_found", "No such call.", [("X-A", "1")], call_sid="CA1")
+    response = json_error("call_not_found", "No such call.", [("X-A", "1")], call_sid="CA1")
     assert response.status == 404 and ("Content-Type", "application/json") in response.headers
     assert ("X-A", "1") in response.headers
     assert json.loads(response.body) == {"error": "call_not_found", "message": "No such call.", "call_sid": "CA1"}
@@ -1021,7 +1021,7 @@ def test_a_stock_http_client_keeps_one_connection(server):
 
 def test_render_keeps_app_date_and_server_and_drops_app_connection():
     response = Response(200, [("Server", "other"), ("Date", "x"), ("Connection", "keep-alive")], b"hi")
-    head, body, keep_alive = httpcore.render_response(response, "GET", "HTTP/1.1", True)
+    head, body, keep_alive = render_response(response, "GET", "HTTP/1.1", True)
     text = head.decode()
     assert text.count("Server:") == 1 and "Server: other" in text and text.count("Date:") == 1
     assert "Connection" not in text and keep_alive and body == b"hi"
@@ -1030,7 +1030,7 @@ def test_render_keeps_app_date_and_server_and_drops_app_connection():
 
 def test_render_honours_an_app_connection_close():
     response = Response(200, [("Connection", "close")], b"")
-    head, _, keep_alive = httpcore.render_response(response, "GET", "HTTP/1.1", True)
+    head, _, keep_alive = render_response(response, "GET", "HTTP/1.1", True)
     assert not keep_alive and head.decode().count("Connection: close") == 1
 
 
@@ -1047,7 +1047,7 @@ def test_render_honours_an_app_connection_close():
 )
 def test_render_refuses_responses_it_cannot_send_truthfully(response):
     with pytest.raises((ValueError, TypeError)):
-        httpcore.render_response(response, "GET", "HTTP/1.1", True)
+        render_response(response, "GET", "HTTP/1.1", True)
 
 
 # ---------------------------------------------------------------- socket options

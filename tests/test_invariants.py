@@ -17,7 +17,7 @@ from contract_steps import (
     retry_counter, shared_harness, wait_for_job, wait_until_running,
 )
 
-from recsvc.demo_audio import sized_wav, tune_for
+from recsvc.demo.audio import sized_wav, tune_for
 
 CONCURRENT = 50
 

@@ -14,10 +14,10 @@ import sys
 import pytest
 
 from conftest import ADMIN_TOKEN, ROOT, running_harness
-from recsvc.clock import iso_utc
-from recsvc.demo_audio import tune_for
-from recsvc.fake_upstream import FakeUpstream
-from recsvc.jobs_command import main as jobs_main
+from recsvc.contract.clock import iso_utc
+from recsvc.demo.audio import tune_for
+from recsvc.demo.fake_upstream import FakeUpstream
+from recsvc.run.jobs import main as jobs_main
 
 
 @pytest.fixture(scope="module")

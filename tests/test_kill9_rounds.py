@@ -26,10 +26,10 @@ import threading
 import time
 
 from conftest import ADMIN_TOKEN, request, spawn_recsvc, wait_listening
-from recsvc.app import DATABASE_FILE
-from recsvc.demo_audio import sized_wav
-from recsvc.files import TEMP_SUFFIX, process_alive
-from recsvc.worker import parse_worker_id
+from recsvc.run.app import DATABASE_FILE
+from recsvc.demo.audio import sized_wav
+from recsvc.storage.files import TEMP_SUFFIX, process_alive
+from recsvc.core.worker import parse_worker_id
 
 ROUNDS = int(os.environ.get("RECSVC_KILL_ROUNDS", "20"))
 SEED = int(os.environ.get("RECSVC_KILL_SEED", "8042"))

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import ROOT, request, spawn_recsvc
-from recsvc.cli import JsonLogFormatter
+from recsvc.run.logs import JsonLogFormatter
 
 LISTENING = "recsvc listening on "
 
@@ -114,7 +114,7 @@ INSTANTS = [1_700_000_000.0, 1_700_000_000.0004, 1_700_000_000.5, 1_700_000_000.
 
 
 def test_text_lines_are_those_of_the_standard_formatter_second_after_second():
-    from recsvc.cli import TextLogFormatter
+    from recsvc.run.logs import TextLogFormatter
 
     ours, standard = TextLogFormatter(), logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     for created in INSTANTS + INSTANTS[::-1]:
@@ -122,7 +122,7 @@ def test_text_lines_are_those_of_the_standard_formatter_second_after_second():
 
 
 def test_json_times_are_iso_utc_of_the_record_second_after_second():
-    from recsvc.clock import iso_utc
+    from recsvc.contract.clock import iso_utc
 
     formatter = JsonLogFormatter()
     for created in INSTANTS + INSTANTS[::-1]:
@@ -152,7 +152,7 @@ class Stream:
 
 @pytest.mark.parametrize("line_buffering", [True, False], ids=["line-buffered stream", "buffered stream"])
 def test_every_log_line_is_written_whole_and_a_buffered_stream_is_flushed_per_line(line_buffering):
-    from recsvc.cli import _LineHandler
+    from recsvc.run.logs import _LineHandler
 
     stream = Stream(line_buffering)
     handler = _LineHandler(stream)

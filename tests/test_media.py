@@ -7,7 +7,7 @@ import wave
 
 import pytest
 
-from recsvc import media
+from recsvc.core import media
 
 
 def _wav_bytes() -> bytes:

@@ -14,9 +14,9 @@ import socket
 import pytest
 
 from conftest import running_harness
-from recsvc.demo_audio import sized_wav
-from recsvc.fake_upstream import FakeUpstream
-from recsvc.media import http_date
+from recsvc.demo.audio import sized_wav
+from recsvc.demo.fake_upstream import FakeUpstream
+from recsvc.core.media import http_date
 
 SIZE = 10_000
 MIB = 1 << 20

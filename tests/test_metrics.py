@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from recsvc.demo_audio import sized_wav
+from recsvc.demo.audio import sized_wav
 
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')

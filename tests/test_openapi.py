@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from recsvc import openapi
-from recsvc.openapi import ERROR_CODES, openapi_document, route_template
-from recsvc.routes import ROUTES
+from recsvc.http import openapi
+from recsvc.http.answers import ERRORS
+from recsvc.http.api import ROUTES
+from recsvc.http.openapi import ERROR_CODES, openapi_document, route_template
 
 # Which error each answer carries, and that the document lists it there: test_openapi_errors.py.
 
@@ -39,6 +40,13 @@ def test_the_document_lists_exactly_the_routes_and_methods_the_server_answers(do
     served = {(route_template(route), method.lower()) for route in ROUTES for method in route.handlers}
     described = {(path, method) for path, item in document["paths"].items() for method in item}
     assert described == served
+
+
+def test_every_error_code_of_the_table_is_in_the_document(document):
+    enumerated = set(document["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
+    assert enumerated == set(ERRORS) == set(ERROR_CODES)
+    assert {code: row["status"] for code, row in document["x-error-codes"].items()} == {
+        code: row.status for code, row in ERRORS.items()}
 
 
 def test_every_error_code_of_the_document_is_answered_somewhere(document):

@@ -17,8 +17,8 @@ import time
 import pytest
 from contract_steps import call_with_recording, new_business, play_until_cached, wait_for_job
 
-from recsvc.openapi import ERROR_CODES, openapi_document
-from recsvc.store import StoreBusy, StoreUnavailable
+from recsvc.http.openapi import ERROR_CODES, openapi_document
+from recsvc.storage.store import StoreBusy, StoreUnavailable
 
 TWILIO_SID = "AC" + "0" * 32
 

@@ -29,8 +29,8 @@ import pytest
 from conftest import ADMIN_TOKEN
 from schema_check import problems, resolve
 
-from recsvc.demo_audio import sized_wav
-from recsvc.openapi import ERROR_CODES, openapi_document
+from recsvc.demo.audio import sized_wav
+from recsvc.http.openapi import ERROR_CODES, openapi_document
 
 SEED = int(os.environ.get("RECSVC_FUZZ_SEED", "6006"))
 INPUTS = int(os.environ.get("RECSVC_OPENAPI_FUZZ_INPUTS", "4000"))

@@ -16,7 +16,7 @@ from contract_steps import (
     retry_counter, shared_harness, wait_for_job, wait_until_running,
 )
 
-from recsvc.demo_audio import tune_for
+from recsvc.demo.audio import tune_for
 
 PROCESSING_FIELDS = {"status", "job_id", "job_status", "attempt", "max_attempts", "retry_after", "message"}
 
@@ -343,7 +343,7 @@ def test_cached_file_vanished_or_of_another_size_costs_one_retry_then_serves_the
 def test_the_processing_body_is_compact_json_of_exactly_its_values():
     import json
 
-    from recsvc.api import processing_body
+    from recsvc.http.api import processing_body
 
     expected = {"status": "processing", "job_id": 7, "job_status": "running", "attempt": 1, "max_attempts": 3,
                 "retry_after": 2, "message": "The recording is being prepared; ask again in 2 seconds."}

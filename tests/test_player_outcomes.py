@@ -16,7 +16,7 @@ outcome is brought about for real:
 
 The stand-ins serve the player's own page and script, so the web player asks
 them from their own origin. The web player's table of messages is a copy of
-recsvc/outcomes.py; the first test parses the script and holds them equal.
+recsvc/player/outcomes.py; the first test parses the script and holds them equal.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ from conftest import ROOT, running_harness
 from contract_fake import closed_port
 from processes import SERVE_ARGS, Client, Processes
 
-from recsvc.client import RecordingClient, RecordingError, player_action
-from recsvc.demo_audio import tune_for
-from recsvc.fake_upstream import FakeUpstream
-from recsvc.outcomes import ERROR_WITH_DETAIL, LRI, OUTCOMES, PDI, outcome_message
+from recsvc.player.client import RecordingClient, RecordingError, player_action
+from recsvc.demo.audio import tune_for
+from recsvc.demo.fake_upstream import FakeUpstream
+from recsvc.player.outcomes import ERROR_WITH_DETAIL, LRI, OUTCOMES, PDI, outcome_message
 
-STATIC = Path(ROOT) / "recsvc" / "static"
+STATIC = Path(ROOT) / "recsvc" / "player" / "web"
 LANGS = ("he", "en")
 SERVER_HOLD = 6  # the live recsvc's --max-wait: long enough to hold a request past one progress report
 _numbers = itertools.count()

@@ -1,6 +1,6 @@
 """The web player follows the client contract (CONTRACT section 7) in a real browser.
 
-The page under test is recsvc/static/player.html with recsvc/static/player.js,
+The page under test is recsvc/player/web/player.html with recsvc/player/web/player.js,
 driven by headless Chromium (tests/chromium.py). The server side here is a
 scripted stand-in, `FakeRecsvc`, whose call_sid names the scenario it plays:
 
@@ -42,13 +42,13 @@ import pytest
 
 from chromium import Browser, require_chromium
 
-from recsvc.outcomes import OUTCOMES
+from recsvc.player.outcomes import OUTCOMES
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "recsvc" / "static"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "recsvc" / "player" / "web"
 TOKEN = "player-test-token"
 WAV_SECONDS = 1.0
 
-# CONTRACT 7, the messages table ({X} for X), as recsvc.outcomes holds it.
+# CONTRACT 7, the messages table ({X} for X), as recsvc.player.outcomes holds it.
 MESSAGES = {(name, lang): getattr(outcome, lang) for name, outcome in OUTCOMES.items() for lang in ("he", "en")}
 
 # What the page looks like, read in one evaluation.

@@ -13,7 +13,7 @@ import pytest
 from chromium import Browser, require_chromium
 from test_player_page import MESSAGES, assert_language, player_url, settle
 
-from recsvc.demo_audio import tune_for
+from recsvc.demo.audio import tune_for
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from datetime import datetime
 import pytest
 
 from conftest import ADMIN_TOKEN, request, running_harness, spawn_recsvc, stop_processes, wait_listening
-from recsvc.client import RecordingClient, default_opener
-from recsvc.demo_audio import sized_wav, tune_for
-from recsvc.fake_upstream import FakeUpstream
+from recsvc.player.client import RecordingClient, default_opener
+from recsvc.demo.audio import sized_wav, tune_for
+from recsvc.demo.fake_upstream import FakeUpstream
 
 DELAY = 1.0  # the upstream's delay before it answers
 SLACK = 0.6  # generous: the hold must end well before this after the file lands

@@ -1,4 +1,4 @@
-"""``serve --processes N``: several real processes on one port, one contract (recsvc.prefork).
+"""``serve --processes N``: several real processes on one port, one contract (recsvc.run.prefork).
 
 Real processes and real sockets on 127.0.0.1: connections reach every
 process; /metrics from any of them shows all of them; the retry limit holds
@@ -23,9 +23,10 @@ from conftest import ROOT, wait_until
 from processes import SERVE_ARGS, Client
 from test_metrics import parse_metrics
 
-from recsvc.demo_audio import sized_wav
-from recsvc.metrics import Metrics
-from recsvc.prefork import MetricsExchange, job_queued_notifier, read_wakeups, watch_parent
+from recsvc.demo.audio import sized_wav
+from recsvc.core.metrics import Metrics
+from recsvc.run.metrics_exchange import MetricsExchange
+from recsvc.run.prefork import job_queued_notifier, read_wakeups, watch_parent
 
 COUNTER = ("--counter", "sqlite://")
 STARTED = re.compile(r"serving process (\d+) started \(pid (\d+)\)")
@@ -272,12 +273,12 @@ def test_metrics_that_cannot_be_written_cost_one_line_per_outage_not_a_traceback
     folder = tmp_path / "metrics"
     folder.rmdir()
     folder.write_text("not a folder")
-    caplog.set_level(logging.WARNING, logger="recsvc.prefork")
+    caplog.set_level(logging.WARNING, logger="recsvc.run.metrics_exchange")
     exchange._thread = threading.Thread(target=exchange._loop, daemon=True)
     exchange._thread.start()
     try:
         time.sleep(0.3)
-        failing = [r for r in caplog.records if r.name == "recsvc.prefork"]
+        failing = [r for r in caplog.records if r.name == "recsvc.run.metrics_exchange"]
         folder.unlink()
         folder.mkdir()
         time.sleep(0.3)
@@ -285,6 +286,6 @@ def test_metrics_that_cannot_be_written_cost_one_line_per_outage_not_a_traceback
         exchange.stop()
     assert len(failing) == 1, [r.getMessage() for r in failing]
     assert not any(r.exc_info for r in caplog.records), "a traceback in the log"
-    lines = [r.getMessage() for r in caplog.records if r.name == "recsvc.prefork"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "recsvc.run.metrics_exchange"]
     assert len(lines) == 2 and "works again" in lines[1], lines
     assert not list(tmp_path.glob("metrics/*.tmp"))

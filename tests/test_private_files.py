@@ -11,9 +11,9 @@ import pytest
 from conftest import FakeClock, make_settings, request
 
 from recsvc import __version__
-from recsvc.app import DATABASE_FILE, App
-from recsvc.links import SECRET_FILE
-from recsvc.service import hash_token
+from recsvc.run.app import DATABASE_FILE, App
+from recsvc.core.links import SECRET_FILE
+from recsvc.core.service import hash_token
 
 
 def mode(path) -> int:

@@ -11,8 +11,8 @@ import time
 from conftest import wait_until
 from rawhttp import connect, exchange, parse_answer, read_until_closed, request_bytes
 
-from recsvc.demo_audio import sized_wav
-from recsvc.routes import PROBE_RESERVE
+from recsvc.demo.audio import sized_wav
+from recsvc.http.routes import PROBE_RESERVE
 
 SLOTS = 4
 

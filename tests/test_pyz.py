@@ -16,10 +16,10 @@ import pytest
 
 from conftest import ROOT, request, wait_until
 from demo_process import ADMIN, FAST, play, start_process
-from recsvc.demo_audio import tune_for
-from recsvc.fake_upstream import FakeUpstream, Script
+from recsvc.demo.audio import tune_for
+from recsvc.demo.fake_upstream import FakeUpstream, Script
 
-HAS_PLAYER = os.path.exists(os.path.join(ROOT, "recsvc", "static", "player.js"))
+HAS_PLAYER = os.path.exists(os.path.join(ROOT, "recsvc", "player", "web", "player.js"))
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +66,11 @@ def test_the_pyz_carries_bytecode_and_imports_from_it(pyz, empty_folder):
         names = set(archive.namelist())
     sources = {name for name in names if name.startswith("recsvc/") and name.endswith(".py")}
     assert sources and {name + "c" for name in sources} <= names
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); import recsvc.cli, recsvc.store; "
-              "print(recsvc.cli.__file__, recsvc.store.__file__)")
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import recsvc.cli, recsvc.storage.store; "
+              "print(recsvc.cli.__file__, recsvc.storage.store.__file__)")
     loaded = subprocess.run([sys.executable, "-c", script, pyz], cwd=empty_folder, env=pyz_env(),
                             capture_output=True, text=True, timeout=20, check=True).stdout.split()
-    assert loaded == [os.path.join(pyz, "recsvc", "cli.pyc"), os.path.join(pyz, "recsvc", "store.pyc")]
+    assert loaded == [os.path.join(pyz, "recsvc", "cli.pyc"), os.path.join(pyz, "recsvc", "storage", "store.pyc")]
 
 
 def test_serve_from_the_pyz_plays_a_recording_and_serves_its_pages(pyz, empty_folder):

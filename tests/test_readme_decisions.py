@@ -15,8 +15,8 @@ from conftest import Harness, make_settings
 from contract_steps import call_with_recording, jobs_of, new_business, wait_for_job
 from test_fail_fast import BrokenCounter
 
-from recsvc.app import App
-from recsvc.service import new_token
+from recsvc.run.app import App
+from recsvc.core.service import new_token
 
 
 def test_while_the_counter_is_down_each_retry_is_its_predecessors_attempt_plus_one_past_the_limit(

@@ -22,8 +22,8 @@ import pytest
 
 from chromium import Browser, require_chromium
 from conftest import ROOT
-from recsvc.demo_audio import tune_for
-from recsvc.fake_upstream import FakeUpstream
+from recsvc.demo.audio import tune_for
+from recsvc.demo.fake_upstream import FakeUpstream
 
 MARKERS = re.compile(r"<!-- first-recording -->\n```sh\n(.*?)```\n<!-- /first-recording -->", re.S)
 RECORDING = tune_for("first-recording", seconds=1.0)

@@ -31,9 +31,9 @@ from conftest import ROOT, wait_until
 from conftest import request as http_request
 from rawhttp import connect, parse_answer, read_until_closed, request_bytes
 
-from recsvc.demo_audio import sized_wav
-from recsvc.settings import Settings
-from recsvc.twilio import compute_signature
+from recsvc.demo.audio import sized_wav
+from recsvc.contract.settings import Settings
+from recsvc.core.twilio import compute_signature
 
 DOC = os.path.join(ROOT, "docs", "deploy.md")
 PROGRAMS = {"nginx": "/usr/sbin/nginx", "haproxy": "/usr/sbin/haproxy"}

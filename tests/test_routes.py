@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from recsvc.routes import ROUTES, Matched, MethodNotAllowed, NotFound, match
+from recsvc.http.api import ROUTES
+from recsvc.http.routes import Matched, MethodNotAllowed, NotFound, match
 
 
 @pytest.mark.parametrize("method, path, route, params", [
@@ -19,7 +20,7 @@ from recsvc.routes import ROUTES, Matched, MethodNotAllowed, NotFound, match
     pytest.param("PUT", "/api/calls/file", "call", {"call_sid": "file"}, id="PUT the call named file"),
 ])
 def test_the_route_that_has_the_method_answers(method, path, route, params):
-    found = match(method, path)
+    found = match(method, path, ROUTES)
 
     assert isinstance(found, Matched)
     assert (found.route.name, found.params) == (route, params)
@@ -31,14 +32,14 @@ def test_the_route_that_has_the_method_answers(method, path, route, params):
     pytest.param("GET", "/api/recordings/CA1/link", "POST", id="the link route alone"),
 ])
 def test_405_lists_the_methods_of_every_route_matching_the_path(method, path, allow):
-    found = match(method, path)
+    found = match(method, path, ROUTES)
 
     assert isinstance(found, MethodNotAllowed)
     assert found.allow == allow
 
 
 def test_a_path_no_route_matches_is_not_found():
-    assert match("GET", "/api/recordings/file") == NotFound()
+    assert match("GET", "/api/recordings/file", ROUTES) == NotFound()
 
 
 def test_the_first_route_in_table_order_answers_when_several_have_the_method():
@@ -46,3 +47,10 @@ def test_the_first_route_in_table_order_answers_when_several_have_the_method():
     assert first.name == "recording_file" and second.name == "recording_link"
     found = match("GET", "/api/recordings/file/link", (second, first))
     assert found.route.name == "recording_file"  # the link route has no GET: it is skipped, not a 405
+
+
+def test_every_route_names_the_function_that_answers_it():
+    from recsvc.http.api import Api
+    for route in ROUTES:
+        for method, handler in route.handlers.items():
+            assert getattr(Api, handler.__name__) is handler, (route.name, method)

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT, request, spawn_recsvc, wait_listening
-from recsvc.settings import SETTINGS, Settings, SettingsError, load_settings
+from recsvc.contract.settings import SETTINGS, Settings, SettingsError, load_settings
 
 # One valid text per setting and the value it must give. Durations use fractions
 # on purpose: the contract promises them for every duration.

@@ -21,9 +21,10 @@ import pytest
 from conftest import ROOT, FakeClock
 from counter_contract import KEY, LONG, OTHER, CounterContract
 
-from recsvc.counter import CounterError, open_counter
-from recsvc.sqlite_counter import SWEEP_BATCH, SqliteCounter
-from recsvc.store import Store
+from recsvc.storage.counter import CounterError
+from recsvc.storage.counters import open_counter
+from recsvc.storage.sqlite_counter import SWEEP_BATCH, SqliteCounter
+from recsvc.storage.store import Store
 
 BUSY_TIMEOUT = 0.2  # seconds; the stores of these tests give up on a lock this soon
 
@@ -151,8 +152,8 @@ def test_two_stores_counting_at_once_from_8_threads_each_reach_exactly_the_sum(o
 
 COUNTING_PROCESS = textwrap.dedent("""
     import sys, time
-    from recsvc.sqlite_counter import SqliteCounter
-    from recsvc.store import Store
+    from recsvc.storage.sqlite_counter import SqliteCounter
+    from recsvc.storage.store import Store
     path, start_at, times = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     store = Store(path)
     counter = SqliteCounter(store)

@@ -28,11 +28,11 @@ import pytest
 
 from conftest import FakeClock, Harness, make_settings
 from processes import SERVE_ARGS, Client
-from recsvc import app as app_module
-from recsvc import store as store_module
-from recsvc.app import DATABASE_FILE, App
-from recsvc.demo_audio import sized_wav
-from recsvc.store import Store, StoreBusy, StoreUnavailable
+from recsvc.run import app as app_module
+from recsvc.storage import store as store_module
+from recsvc.run.app import DATABASE_FILE, App
+from recsvc.demo.audio import sized_wav
+from recsvc.storage.store import Store, StoreBusy, StoreUnavailable
 
 
 @pytest.fixture
@@ -259,7 +259,7 @@ def test_download_threads_that_cannot_claim_back_off_and_log_one_line_per_outage
             assert h.play(token, "CA-AFTER").status == 202
             h.wait_for_job("CA-AFTER", timeout=5)
             assert h.play(token, "CA-AFTER").body == body
-        worker_lines = [r.getMessage() for r in caplog.records if r.name == "recsvc.worker"]
+        worker_lines = [r.getMessage() for r in caplog.records if r.name == "recsvc.core.worker"]
         claims = [m for m in worker_lines if m.startswith("download threads cannot claim jobs")]
         assert len(claims) == 2, worker_lines  # "storage fault ..." when it starts, "works again" when it ends
         assert "storage fault" in claims[0] and "works again" in claims[1]

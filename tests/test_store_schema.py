@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from recsvc.store import MIGRATIONS, Store
+from recsvc.storage.store import MIGRATIONS, Store
 
 T0 = 1_800_000_000.0
 
@@ -31,7 +31,7 @@ def test_a_new_database_is_at_the_version_of_the_last_migration(db_path):
 
 
 def test_opening_a_database_twice_migrates_it_once(db_path, caplog):
-    caplog.set_level(logging.INFO, logger="recsvc.store")
+    caplog.set_level(logging.INFO, logger="recsvc.storage.store")
     first = Store(db_path)
     with first.writing() as tx:
         tx.insert_business("acme", "hash-of-acme", T0)
@@ -161,7 +161,7 @@ def hold_every_read_connection(store, release: threading.Event) -> list[threadin
 
 
 def test_a_reader_that_waits_past_the_busy_timeout_gets_store_busy(tmp_path):
-    from recsvc.store import StoreBusy
+    from recsvc.storage.store import StoreBusy
     store = Store(str(tmp_path / "busy.sqlite3"), busy_timeout=0.2)
     release = threading.Event()
     holders = hold_every_read_connection(store, release)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import wait_until
 
-from recsvc.settings import Settings
+from recsvc.contract.settings import Settings
 
 
 @pytest.mark.parametrize("job_timeout, interval", [

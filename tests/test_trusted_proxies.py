@@ -10,9 +10,10 @@ import urllib.parse
 import pytest
 from conftest import wait_until
 
-from recsvc.proxies import ForwardedView, TrustedProxies, parse_networks
-from recsvc.settings import SettingsError, load_settings
-from recsvc.twilio import compute_signature
+from recsvc.http.proxies import ForwardedView, TrustedProxies
+from recsvc.contract.settings import parse_networks
+from recsvc.contract.settings import SettingsError, load_settings
+from recsvc.core.twilio import compute_signature
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "twilio-auth-token-1"

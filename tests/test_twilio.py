@@ -6,7 +6,7 @@ import hmac
 
 import pytest
 
-from recsvc.twilio import (
+from recsvc.core.twilio import (
     RecordingStatus,
     compute_signature,
     media_url,

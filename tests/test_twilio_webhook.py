@@ -8,8 +8,8 @@ import urllib.parse
 
 import pytest
 
-from recsvc.demo_audio import tune_for
-from recsvc.twilio import compute_signature
+from recsvc.demo.audio import tune_for
+from recsvc.core.twilio import compute_signature
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "twilio-auth-token-1"

@@ -18,11 +18,11 @@ import time
 
 import pytest
 
-from recsvc import upstream as upstream_module
-from recsvc.fake_upstream import FakeUpstream
-from recsvc.model import DOWNLOAD_FAILED, TOO_LARGE, UPSTREAM_AUTH_FAILED, UPSTREAM_NOT_FOUND
-from recsvc.settings import load_settings
-from recsvc.upstream import MAX_REDIRECTS, Downloader, DownloadFailed, UrlNotAllowed, check_recording_url
+from recsvc.core import upstream as upstream_module
+from recsvc.demo.fake_upstream import FakeUpstream
+from recsvc.contract.model import DOWNLOAD_FAILED, TOO_LARGE, UPSTREAM_AUTH_FAILED, UPSTREAM_NOT_FOUND
+from recsvc.contract.settings import load_settings
+from recsvc.core.upstream import MAX_REDIRECTS, Downloader, DownloadFailed, UrlNotAllowed, check_recording_url
 
 TWILIO = ("api.twilio.com",)
 LOOPBACK = ("loopback",)

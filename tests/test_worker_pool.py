@@ -15,11 +15,11 @@ import time
 import pytest
 
 from conftest import FakeClock, wait_until
-from recsvc.demo_audio import sized_wav, tune_for
-from recsvc.files import HOSTNAME, TEMP_SUFFIX, RecordingFiles
-from recsvc.metrics import Metrics
-from recsvc.store import Store
-from recsvc.worker import WorkerPool
+from recsvc.demo.audio import sized_wav, tune_for
+from recsvc.storage.files import HOSTNAME, TEMP_SUFFIX, RecordingFiles
+from recsvc.core.metrics import Metrics
+from recsvc.storage.store import Store
+from recsvc.core.worker import WorkerPool
 
 T0 = 1_800_000_000.0
 

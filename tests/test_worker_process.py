@@ -18,7 +18,7 @@ import time
 import pytest
 
 from processes import SERVE_ARGS, Client, read_db
-from recsvc.demo_audio import sized_wav, tune_for
+from recsvc.demo.audio import sized_wav, tune_for
 
 HEARTBEAT = "0.2"
 

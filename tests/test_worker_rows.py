@@ -14,8 +14,8 @@ import pytest
 from conftest import FakeClock
 from test_crash_recovery import OWN_WORKER, T0, dead_pid, files, live_pid, store  # noqa: F401  (fixtures)
 
-from recsvc.files import HOSTNAME
-from recsvc.worker import new_worker_id, parse_worker_id, recover_orphans
+from recsvc.storage.files import HOSTNAME
+from recsvc.core.worker import new_worker_id, parse_worker_id, recover_orphans
 
 
 @pytest.mark.parametrize("worker_id, owner", [

@@ -18,7 +18,7 @@ first, so a module whose tests fail without any mutant is reported, not
 counted as all-killed.
 
     python3 tools/mutate.py --list                      # every mutant, nothing run
-    python3 tools/mutate.py --module recsvc/counter.py  # one module
+    python3 tools/mutate.py --module recsvc/storage/counter.py  # one module
     python3 tools/mutate.py --sample 40 --seed 7        # a bounded, repeatable run
 
 Standard library only; pytest is the one the tests use (``--python``).
@@ -42,19 +42,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # module -> the fast test files that guard it (each a few seconds at most).
 TESTS: dict[str, list[str]] = {
-    "recsvc/decision.py": ["tests/test_decision.py", "tests/test_play_rows.py", "tests/test_sweeper.py"],
-    "recsvc/service.py": ["tests/test_play_rows.py", "tests/test_fail_fast.py", "tests/test_sweeper.py",
+    "recsvc/contract/decision.py": ["tests/test_decision.py", "tests/test_play_rows.py", "tests/test_sweeper.py"],
+    "recsvc/core/service.py": ["tests/test_play_rows.py", "tests/test_fail_fast.py", "tests/test_sweeper.py",
                           "tests/test_invariants.py", "tests/test_row7_attempt.py",
                           "tests/test_stuck_wakes_waiters.py", "tests/test_retry_limit.py",
                           "tests/test_authentication.py", "tests/test_readme_decisions.py",
                           "tests/test_twilio_webhook.py"],
-    "recsvc/worker.py": ["tests/test_worker_pool.py", "tests/test_sweeper.py", "tests/test_crash_recovery.py",
+    "recsvc/core/worker.py": ["tests/test_worker_pool.py", "tests/test_sweeper.py", "tests/test_crash_recovery.py",
                          "tests/test_worker_rows.py"],
-    "recsvc/counter.py": ["tests/test_counter.py::TestMemoryCounter", "tests/test_counter_expiry.py",
+    "recsvc/storage/counter.py": ["tests/test_counter.py::TestMemoryCounter", "tests/test_counter_expiry.py",
                           "tests/test_fail_fast.py"],
-    "recsvc/sqlite_counter.py": ["tests/test_sqlite_counter.py", "tests/test_counter_expiry.py"],
-    "recsvc/redis_counter.py": ["tests/test_counter.py"],
-    "recsvc/media.py": ["tests/test_media.py", "tests/test_media_http.py"],
+    "recsvc/storage/sqlite_counter.py": ["tests/test_sqlite_counter.py", "tests/test_counter_expiry.py"],
+    "recsvc/storage/redis_counter.py": ["tests/test_counter.py"],
+    "recsvc/core/media.py": ["tests/test_media.py", "tests/test_media_http.py"],
 }
 
 FLIPS: dict[type, type] = {

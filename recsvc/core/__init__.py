@@ -1,0 +1,1 @@
+"""What the service does: the play service, the workers, downloads, media, cache, links, Twilio."""

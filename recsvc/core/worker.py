@@ -1,0 +1,414 @@
+"""The download workers: a thread pool that claims queued jobs and brings recordings home.
+
+Theory of operation. One ``WorkerPool`` per process (``serve`` or ``worker``)
+is one row of the ``workers`` table, named for its host and pid, with its own
+heartbeat interval (CONTRACT 4). Its threads are:
+
+- N download threads, each looping over ``run_once()``: claim the next queued
+  job in queue order with one atomic statement (nothing is claimed while the
+  pause flag is set), download it, publish the file, and complete the job.
+  Between claims a thread waits on ``wake()`` (jobs created in this process)
+  or a short poll (jobs created by another process).
+- a heartbeat thread, calling ``heartbeat()`` every interval: it refreshes the
+  worker row *and* ``heartbeat_at`` of the jobs this process runs, so a
+  crashed process is noticed by the fourth stuck rule within seconds.
+- a supervisor that replaces a download thread that died.
+
+Ownership: every status change a worker makes is a compare-and-set on
+(job id, status running, this worker id). A worker that lost its job (it was
+marked stuck or superseded meanwhile) changes no row and publishes no file:
+the file is renamed into place under the write lock, after the ownership
+check, so a job that lost its place never replaces a newer file.
+
+Abandoning (CONTRACT 4). Each download in flight is held with a ``JobCut``.
+The heartbeat learns, in the statement that refreshes this worker's running
+jobs, which of them are still its own; the downloads of the others (failed
+stuck, by the sweeper, orphaned, superseded) are cut at once: the upstream
+connection is shut, the temporary file removed, and the thread takes the
+next job. So a thread notices within one heartbeat
+interval. The cut also carries the job's deadline, ``started_at +
+job-timeout``: a try still running there is cut and the job failed
+``stuck`` with the running reason. ``abandoned_downloads()`` counts the
+threads still busy on jobs that are no longer theirs (a gauge).
+
+Storage faults. A claim or a heartbeat that cannot be written (disk full,
+read-only, I/O error, locked) is one outage: one line when it starts, one
+when it ends, and the threads wait a heartbeat interval between tries. A
+job whose end could not be recorded is remembered and recorded by the
+first heartbeat that can write.
+
+``recover_orphans()`` runs once at start: jobs left running by a process of
+this host that no longer exists are failed ``orphaned`` and replaced in place.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Callable
+
+from ..contract.clock import Clock
+from ..contract.decision import running_too_long
+from ..contract.model import DOWNLOAD_FAILED, ORPHANED, STORAGE_ERROR, STUCK, TWILIO_CREDENTIALS, Job, Recording
+from ..storage.files import HOSTNAME, RecordingFiles, process_alive
+from ..storage.store import StorageOutage, Store, StoreError
+from .media import AUDIO_TYPES
+from .metrics import Metrics
+from .upstream import DownloadAbandoned, Downloader, DownloadFailed, JobCut, JobDeadlinePassed
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{HOSTNAME}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def parse_worker_id(worker_id: str) -> tuple[str, int] | None:
+    """(host, pid) of a worker id, or None when it is not one of ours."""
+    host, sep, rest = worker_id.rpartition(":")
+    host, sep2, pid = host.rpartition(":")
+    if not sep or not sep2 or not pid.isdigit():
+        return None
+    return host, int(pid)
+
+
+def recover_orphans(store: Store, files: RecordingFiles, clock: Clock, own_worker_id: str | None = None) -> int:
+    """Fail and replace the jobs left running by dead processes of this host (CONTRACT 4).
+
+    A job is an orphan when its worker names this host and a pid that no
+    longer exists, or this very pid under another worker id (a restarted
+    container reuses pids). Its replacement keeps its place in the queue and
+    its attempt number: orphans do not count as retries.
+    """
+    now = clock()
+    replaced: list[Job] = []
+    with store.writing() as tx:
+        for job in tx.running_jobs():
+            owner = parse_worker_id(job.worker_id or "")
+            if owner is None or owner[0] != HOSTNAME:
+                continue
+            pid = owner[1]
+            same_pid_other_run = pid == os.getpid() and job.worker_id != own_worker_id
+            if process_alive(pid) and not same_pid_other_run:
+                continue
+            if tx.fail_job(job.id, "running", ORPHANED, "worker restarted", now):
+                tx.insert_job(job.business_id, job.call_sid, job.recording_url, job.attempt, now)
+                replaced.append(job)
+        for worker_id, host, pid, *_ in tx.all_workers():
+            if host == HOSTNAME and worker_id != own_worker_id and (pid == os.getpid() or not process_alive(pid)):
+                tx.delete_worker(worker_id)
+    for job in replaced:  # told once the commit made it true (CONTRACT 3)
+        log.warning("[ORPHAN] job=%d call_sid=%s failed: worker restarted; replacement queued",
+                    job.id, job.call_sid)
+    files.remove_dead_temp_files(own_pid=os.getpid())
+    return len(replaced)
+
+
+class _Running:
+    """A download in flight: its job, its cut, and whether its thread is recording its end."""
+
+    def __init__(self, job: Job, cut: JobCut):
+        self.job = job
+        self.cut = cut
+        self.settled = False
+
+
+class WorkerPool:
+    """Download threads, their heartbeat and their supervisor, for one process."""
+
+    def __init__(self, store: Store, files: RecordingFiles, downloader: Downloader, *,
+                 threads: int, heartbeat_interval: float, clock: Clock, metrics: Metrics,
+                 poll_interval: float = 0.5, on_job_done: Callable[[Job], None] | None = None,
+                 on_stored: Callable[[Job], None] | None = None,
+                 worker_id: str | None = None, job_timeout: float | None = None):
+        self.store = store
+        self.files = files
+        self.downloader = downloader
+        self.threads = threads
+        self.heartbeat_interval = heartbeat_interval
+        self.clock = clock
+        self.metrics = metrics
+        self.poll_interval = min(poll_interval, heartbeat_interval)
+        self.on_job_done = on_job_done
+        self.on_stored = on_stored
+        self.worker_id = worker_id or new_worker_id()
+        self._stopping = threading.Event()
+        self._work = threading.Condition()  # guards _pending_wakes
+        self._pending_wakes = 0
+        self._download_threads: list[threading.Thread] = []
+        self._service_threads: list[threading.Thread] = []
+        self.job_timeout = job_timeout  # None: no deadline of the job's own, only --download-timeout per try
+        self._busy = 0
+        self._busy_lock = threading.Lock()  # guards _busy
+        self._running_lock = threading.Lock()  # guards _running and _unrecorded
+        self._running: dict[int, _Running] = {}
+        self._unrecorded: dict[int, tuple[Job, str, str]] = {}  # job id -> (job, error_code, message)
+        self.claim_outage = StorageOutage("download threads cannot claim jobs", log)
+        self.heartbeat_outage = StorageOutage(f"worker {self.worker_id} heartbeat", log)
+
+    # ---- lifecycle
+
+    def register(self) -> None:
+        """Write this process's worker row (a first heartbeat)."""
+        with self.store.writing() as tx:
+            tx.upsert_worker(self.worker_id, HOSTNAME, os.getpid(), self.threads,
+                             self.heartbeat_interval, self.clock())
+
+    def start(self) -> None:
+        self.register()
+        for index in range(self.threads):
+            self._download_threads.append(self._start_download_thread(index))
+        for name, target in (("heartbeat", self._heartbeat_loop), ("supervisor", self._supervise)):
+            thread = threading.Thread(target=target, name=f"recsvc-{name}", daemon=True)
+            thread.start()
+            self._service_threads.append(thread)
+        log.info("worker %s started with %d download thread(s)", self.worker_id, self.threads)
+
+    def stop(self, grace: float = 5.0) -> bool:
+        """Stop claiming, let in-flight downloads finish within ``grace``; True when all finished."""
+        self._stopping.set()
+        self.wake()
+        deadline = time.monotonic() + grace
+        for thread in self._download_threads + self._service_threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        finished = not any(t.is_alive() for t in self._download_threads)
+        if finished:
+            try:
+                with self.store.writing() as tx:
+                    tx.delete_worker(self.worker_id)
+            except Exception:  # the store may already be gone; the row just ages out
+                log.debug("could not remove worker row", exc_info=True)
+        return finished
+
+    @property
+    def busy(self) -> int:
+        with self._busy_lock:
+            return self._busy
+
+    def wake(self) -> None:
+        """A job was queued in this process: let one idle thread look now."""
+        with self._work:
+            self._pending_wakes += 1
+            self._work.notify_all()
+
+    # ---- threads
+
+    def _start_download_thread(self, index: int) -> threading.Thread:
+        thread = threading.Thread(target=self._download_loop, name=f"recsvc-download-{index}", daemon=True)
+        thread.start()
+        return thread
+
+    def _download_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                worked = self.run_once()
+            except StoreError as exc:  # CONTRACT 3: a storage fault, one line per outage
+                self.claim_outage.failed(exc)
+                self._stopping.wait(self.heartbeat_interval)
+                continue
+            except Exception:
+                if self._stopping.is_set():  # the store may be closed under a download that outlived stop()
+                    log.info("download thread ended during shutdown", exc_info=True)
+                    return
+                log.exception("download thread error; continuing")
+                worked = False
+            if not worked:
+                with self._work:
+                    if self._pending_wakes == 0 and not self._stopping.is_set():
+                        self._work.wait(self.poll_interval)
+                    self._pending_wakes = max(0, self._pending_wakes - 1)
+
+    def _heartbeat_loop(self) -> None:
+        pause = self.heartbeat_interval
+        while not self._stopping.wait(pause):
+            pause = self.heartbeat_interval
+            try:
+                self.heartbeat()
+            except StoreError as exc:
+                self.heartbeat_outage.failed(exc)
+                # Sooner while it fails: once storage is back, the beat is fresh again before
+                # anyone can take the missing beats for "no live worker" (CONTRACT 3, row 7).
+                pause = self.heartbeat_interval / 4
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(1.0):
+            for index, thread in enumerate(self._download_threads):
+                if not thread.is_alive() and not self._stopping.is_set():
+                    log.error("download thread %s died; starting a new one", thread.name)
+                    self._download_threads[index] = self._start_download_thread(index)
+
+    # ---- one step each (tests call these directly)
+
+    def heartbeat(self) -> None:
+        """Refresh this worker and the jobs its threads run; cut those that are no longer its own,
+        and record the ends that a storage fault kept from being recorded (CONTRACT 4)."""
+        with self._running_lock:
+            in_flight = {job_id: running for job_id, running in self._running.items() if not running.settled}
+            unrecorded = list(self._unrecorded.values())
+        now = self.clock()
+        with self.store.writing() as tx:
+            mine = tx.beat(self.worker_id, now)
+            recorded = [(job, code, message) for job, code, message in unrecorded
+                        if tx.fail_owned_job(job.id, self.worker_id, code, message, now)]
+        self.heartbeat_outage.worked()
+        with self._running_lock:
+            for job, *_ in unrecorded:
+                self._unrecorded.pop(job.id, None)
+        for job, code, message in recorded:
+            self._failed(job, code, message)
+        for job_id, running in in_flight.items():
+            if job_id not in mine:
+                log.warning("job=%d call_sid=%s is no longer ours; abandoning its download",
+                            job_id, running.job.call_sid)
+                running.cut.abandon()
+
+    def abandoned_downloads(self) -> int:
+        """Download threads busy on jobs that are no longer theirs, as the database says now."""
+        with self._running_lock:
+            in_flight = [job_id for job_id, running in self._running.items() if not running.settled]
+        if not in_flight:
+            return 0
+        with self.store.reading() as tx:
+            lost = set(tx.lost_jobs(in_flight, self.worker_id))
+        with self._running_lock:  # a thread that settled meanwhile is no longer busy on it
+            return sum(1 for job_id in lost if job_id in self._running and not self._running[job_id].settled)
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when there was nothing to claim."""
+        with self.store.writing() as tx:
+            job = tx.claim_next_job(self.worker_id, self.clock())
+        self.claim_outage.worked()
+        if job is None:
+            return False
+        running = _Running(job, JobCut(self._seconds_left(job)))
+        with self._busy_lock:
+            self._busy += 1
+        with self._running_lock:
+            self._running[job.id] = running
+        try:
+            self._run(job, running)
+        finally:
+            with self._running_lock:
+                del self._running[job.id]
+            with self._busy_lock:
+                self._busy -= 1
+        return True
+
+    def _seconds_left(self, job: Job) -> float | None:
+        """Time to the job's deadline, ``started_at + job-timeout`` (CONTRACT 4)."""
+        if self.job_timeout is None or job.started_at is None:
+            return None
+        return job.started_at + self.job_timeout - self.clock()
+
+    def _run(self, job: Job, running: _Running) -> None:
+        started = time.monotonic()
+        log.info("job=%d call_sid=%s download started", job.id, job.call_sid)
+        temp = temp_path = None
+        try:
+            temp, temp_path = self.files.create_temp(job.business_id)
+            got = self.downloader.download(job.recording_url, temp, self._credentials(job), running.cut)
+            running.settled = True
+            if self._publish(job, temp, temp_path, got):
+                temp_path = None
+        except DownloadAbandoned:
+            self.metrics.download_abandoned()
+            log.info("job=%d call_sid=%s abandoned: no longer ours; nothing recorded", job.id, job.call_sid)
+        except JobDeadlinePassed:
+            running.settled = True
+            self._fail(job, STUCK, running_too_long(self.clock() - (job.started_at or self.clock())))
+        except DownloadFailed as exc:
+            running.settled = True
+            self._fail(job, exc.code, exc.message)
+        except OSError as exc:
+            running.settled = True
+            self._fail(job, STORAGE_ERROR, f"could not store the recording: {exc.strerror or exc}")
+        except StoreError as exc:  # the end could not be recorded: the next heartbeat that can write will
+            log.warning("job=%d call_sid=%s: its end could not be recorded (%s); kept for the next heartbeat",
+                        job.id, job.call_sid, exc)
+            self._remember_unrecorded(job, STORAGE_ERROR, f"could not record the recording: {exc}")
+        except Exception as exc:  # a fault of ours must not leave the job running until job-timeout
+            running.settled = True
+            log.exception("job=%d call_sid=%s: unexpected error", job.id, job.call_sid)
+            self._fail(job, DOWNLOAD_FAILED, f"unexpected error: {type(exc).__name__}")
+        finally:
+            if temp is not None and not temp.closed:
+                # Closing retries a flush that already failed (disk full): that
+                # second error must not skip removing the temporary file.
+                with contextlib.suppress(OSError):
+                    temp.close()
+            if temp_path is not None:
+                self.files.discard(temp_path)
+            self.metrics.observe_job_duration(time.monotonic() - started)
+            if self.on_job_done is not None:
+                self.on_job_done(job)
+
+    def _remember_unrecorded(self, job: Job, code: str, message: str) -> None:
+        with self._running_lock:
+            self._unrecorded[job.id] = (job, code, message)
+
+    def _credentials(self, job: Job) -> dict[str, str]:
+        """Headers that authenticate the download: HTTP Basic with the business's Twilio account
+        for calls stored by its webhook. The downloader never forwards them to another host."""
+        with self.store.reading() as tx:
+            if tx.call_credentials(job.business_id, job.call_sid) != TWILIO_CREDENTIALS:
+                return {}
+            account = tx.twilio_account_of_business(job.business_id)
+        if account is None:
+            return {}
+        pair = f"{account.account_sid}:{account.auth_token}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+
+    def _publish(self, job: Job, temp, temp_path: str, got) -> bool:
+        """Rename the file into place and record it; False when the job is no longer ours."""
+        relative = self.files.relative_path(job.business_id, job.call_sid, AUDIO_TYPES[got.content_type])
+        now = self.clock()
+        # The rename happens under the write lock after the ownership check,
+        # so a job that lost its place never replaces a newer file.
+        with self.store.writing() as tx:
+            if not tx.owns_job(job.id, self.worker_id):
+                log.warning("job=%d call_sid=%s finished but is no longer ours; nothing recorded",
+                            job.id, job.call_sid)
+                return False
+            previous = tx.get_recording(job.business_id, job.call_sid)
+            self.files.publish(temp, temp_path, relative)
+            tx.upsert_recording(Recording(job.business_id, job.call_sid, job.recording_url, relative,
+                                          got.size, got.sha256, got.content_type, now), now)
+            tx.complete_owned_job(job.id, self.worker_id, now)
+        if previous is not None and previous.path != relative:
+            self.files.remove(previous.path)
+        if self.on_stored is not None:
+            self.on_stored(job)
+        self.metrics.job_finished("completed")
+        log.info("job=%d call_sid=%s completed: %d bytes %s", job.id, job.call_sid, got.size, got.content_type)
+        return True
+
+    def _fail(self, job: Job, code: str, message: str) -> None:
+        try:
+            with self.store.writing() as tx:
+                owned = tx.fail_owned_job(job.id, self.worker_id, code, message, self.clock())
+        except StoreError as exc:
+            log.warning("job=%d call_sid=%s failed (%s) but that could not be recorded (%s); "
+                        "kept for the next heartbeat", job.id, job.call_sid, code, exc)
+            self._remember_unrecorded(job, code, message)
+            return
+        if owned:
+            self._failed(job, code, message)
+        else:
+            log.warning("job=%d call_sid=%s failed (%s) but is no longer ours; nothing recorded",
+                        job.id, job.call_sid, code)
+
+    def _failed(self, job: Job, code: str, message: str) -> None:
+        """Log lines and metrics of a failure, once its commit made it true (CONTRACT 3)."""
+        self.metrics.job_finished("failed", code)
+        if code == STUCK:
+            self.metrics.stuck_job("running")
+            log.warning("[STUCK] job=%d call_sid=%s reason=%s", job.id, job.call_sid, message)
+        else:
+            log.warning("job=%d call_sid=%s failed: %s %s", job.id, job.call_sid, code, message)

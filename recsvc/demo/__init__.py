@@ -1,0 +1,1 @@
+"""The teaching demo: its scenarios, its fake upstream and its tunes."""

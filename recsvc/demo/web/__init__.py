@@ -1,0 +1,1 @@
+"""The demo page's assets, served by recsvc.http.static."""

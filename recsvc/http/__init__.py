@@ -1,0 +1,1 @@
+"""The HTTP side: the protocol, the server, routes, the API handlers, the table of answers, OpenAPI."""

@@ -1,0 +1,1 @@
+"""The conformance kit: black-box checks of the contract against any implementation."""

@@ -1,1 +1,0 @@
-"""Web assets served by recsvc (see recsvc.static_files)."""

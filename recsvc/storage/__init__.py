@@ -1,0 +1,1 @@
+"""Where state lives: the SQLite store, the recording files, the retry counters."""
