@@ -276,12 +276,22 @@ def test_metrics_that_cannot_be_written_cost_one_line_per_outage_not_a_traceback
     caplog.set_level(logging.WARNING, logger="recsvc.run.metrics_exchange")
     exchange._thread = threading.Thread(target=exchange._loop, daemon=True)
     exchange._thread.start()
+    def lines_logged(n: int) -> list:
+        """The exchange's lines once there are n of them (5 s at most: a busy machine may be slow to start
+        the loop), plus a few more turns of the loop, in which no further line may come."""
+        deadline = time.monotonic() + 5
+        while len([r for r in caplog.records if r.name == "recsvc.run.metrics_exchange"]) < n:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        time.sleep(0.2)  # ten more turns of the loop
+        return [r for r in caplog.records if r.name == "recsvc.run.metrics_exchange"]
+
     try:
-        time.sleep(0.3)
-        failing = [r for r in caplog.records if r.name == "recsvc.run.metrics_exchange"]
+        failing = lines_logged(1)
         folder.unlink()
         folder.mkdir()
-        time.sleep(0.3)
+        lines_logged(2)
     finally:
         exchange.stop()
     assert len(failing) == 1, [r.getMessage() for r in failing]
