@@ -16,7 +16,7 @@ import copy
 import re
 
 from . import __version__
-from .job_filters import MAX_LIMIT as MAX_JOBS, STATUSES as JOB_STATUSES
+from .job_filters import ISO_UTC, MAX_LIMIT as MAX_JOBS, STATUSES as JOB_STATUSES
 from .routes import Route
 
 OPENAPI_VERSION = "3.1.0"
@@ -394,24 +394,26 @@ def _parameters() -> dict:
                            "description": "ASCII digits (else 400); a value outside 1..2^63-1 is 404 (6).",
                            "schema": {"type": "string", "pattern": "^[0-9]+$"}},
         "AssetName": {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-        "CallSidQuery": {"name": "call_sid", "in": "query", "required": False,
+        "CallSidQuery": {"name": "call_sid", "in": "query", "required": False, "allowEmptyValue": True,
                          "description": "Empty is no filter.",
                          "schema": {"type": "string", "pattern": "^([A-Za-z0-9_-]{1,64})?$"}},
-        "BusinessIdQuery": {"name": "business_id", "in": "query", "required": False,
+        "BusinessIdQuery": {"name": "business_id", "in": "query", "required": False, "allowEmptyValue": True,
                             "description": "ASCII digits (else 400); a value outside 1..2^63-1 is 404 (6). "
                                            "Empty is no filter.",
                             "schema": {"type": "string", "pattern": "^[0-9]*$"}},
-        "JobStatusQuery": {"name": "status", "in": "query", "required": False,
-                           "description": "Only jobs of this status; another value is 400 invalid_request.",
+        "JobStatusQuery": {"name": "status", "in": "query", "required": False, "allowEmptyValue": True,
+                           "description": "Only jobs of this status; another value is 400 invalid_request. "
+                                          "Empty is no filter.",
                            "schema": {"type": "string", "enum": list(JOB_STATUSES)}},
-        "JobLimitQuery": {"name": "limit", "in": "query", "required": False,
+        "JobLimitQuery": {"name": "limit", "in": "query", "required": False, "allowEmptyValue": True,
                           "description": f"At most this many jobs, newest first (default {MAX_JOBS}); "
-                                         "another value is 400 invalid_request.",
+                                         "another value is 400 invalid_request. Empty is the default.",
                           "schema": {"type": "integer", "minimum": 1, "maximum": MAX_JOBS, "default": MAX_JOBS}},
-        "JobSinceQuery": {"name": "since", "in": "query", "required": False,
+        "JobSinceQuery": {"name": "since", "in": "query", "required": False, "allowEmptyValue": True,
                           "description": "Only jobs created at or after this UTC time (2026-11-28T23:16:31Z, "
-                                         "fractions allowed); another form is 400 invalid_request.",
-                          "schema": {"type": "string", "format": "date-time"}},
+                                         "fractions allowed, no other offset than Z); another form is 400 "
+                                         "invalid_request. Empty is no filter.",
+                          "schema": {"type": "string", "format": "date-time", "pattern": f"^{ISO_UTC.pattern}$"}},
         "Exp": {"name": "exp", "in": "query", "required": False,
                 "description": "Signed link: expiry, Unix seconds (6).", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
         "Sig": {"name": "sig", "in": "query", "required": False,
