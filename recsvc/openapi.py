@@ -280,6 +280,11 @@ def _integer(description: str, **extra) -> dict:
 TIME = {"type": ["string", "null"], "format": "date-time", "description": "ISO 8601 UTC with Z."}
 
 
+# What a PUT can judge of a recording_url without knowing allow-upstream (upstream_rules): empty, or http(s)
+# in any case followed by printable ASCII without a backslash or angle brackets.
+RECORDING_URL_PATTERN = r"^([Hh][Tt][Tt][Pp][Ss]?://[!-;=?-\[\]-~]*)?$"
+
+
 def _object(required: tuple[str, ...], properties: dict, extra_allowed: bool = True) -> dict:
     return {"type": "object", "required": list(required), "properties": properties,
             "additionalProperties": extra_allowed}
@@ -332,7 +337,7 @@ def _schemas() -> dict:
             "message": _string("An English sentence."),
         }),
         "CallInput": _object(("recording_url",), {"recording_url": {
-            "type": ["string", "null"], "maxLength": 2048, "pattern": "^[!-~]*$",
+            "type": ["string", "null"], "maxLength": 2048, "pattern": RECORDING_URL_PATTERN,
             "description": "https on an allowed host (http only for loopback); null or empty: no recording."}}, False),
         "Call": _object(("call_sid", "recording_url", "created_at", "cached", "latest_job"), {
             "call_sid": _string("The call.", pattern=CALL_SID_PATTERN), "recording_url": {"type": ["string", "null"]},

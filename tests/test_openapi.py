@@ -141,3 +141,21 @@ def test_since_is_described_as_the_utc_form_the_server_takes(document, svc):
         assert bool(re.fullmatch(schema["pattern"].strip("^$"), text)) is taken, text
         status = svc.admin("GET", "/admin/jobs?since=" + text.replace("+", "%2B")).status
         assert status == (200 if taken else 400), (text, status)
+
+
+def test_recording_url_carries_the_scheme_and_characters_the_server_enforces(document):
+    """A URL that is not http(s), or has a character the server refuses, is outside the document's schema;
+    what the schema admits fails the server only for its host (allow-upstream, which no schema can know)."""
+    from recsvc.upstream_rules import UrlNotAllowed, check_recording_url
+
+    schema = document["components"]["schemas"]["CallInput"]["properties"]["recording_url"]
+    for url in ["https://x.test/a.wav", "HTTPS://x.test/a", "http://127.0.0.1:8/a?b=c", "", "x.test/a.wav", "vEtj0-S",
+                "ftp://x.test/a", "file:///etc/passwd", "https://x.test/a\\b", "https://x.test/<a>", "https ://x",
+                "javascript:alert(1)", "https:x.test"]:
+        admitted = re.fullmatch(schema["pattern"], url) is not None
+        try:
+            check_recording_url(url, ("x.test", "loopback")) if url else None
+            served = True
+        except UrlNotAllowed:
+            served = False
+        assert admitted == served, (url, admitted, served)
