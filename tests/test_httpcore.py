@@ -689,10 +689,12 @@ def test_other_http_versions_are_505(client, version):
     assert c.is_closed()
 
 
-@pytest.mark.parametrize("method", [b"BREW", b"get", b"TRACE", b"CONNECT"])
-def test_unknown_methods_are_501(client, method):
+@pytest.mark.parametrize("method, target", [(b"BREW", b"/"), (b"get", b"/"), (b"TRACE", b"/"), (b"CONNECT", b"/"),
+                                            (b"CONNECT", b"x:443"), (b"TRACE", b"*")])
+def test_unknown_methods_are_501(client, method, target):
+    """The method is judged before the target: CONNECT's authority-form is 501, not 400."""
     c = client()
-    c.send(method + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
+    c.send(method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     status, _, body = c.response()
     assert status == 501 and error_code(body) == "not_implemented"
     assert c.is_closed()

@@ -118,3 +118,41 @@ def test_openapi_json_is_served(svc):
     assert answer.header("content-type") == "application/json"
     assert answer.json == openapi_document()
     assert svc.request("HEAD", "/openapi.json").status == 200
+
+
+def test_every_job_filter_says_an_empty_value_is_no_filter_and_the_server_agrees(document, svc):
+    """Blank query fields are dropped, so ``?status=`` is no filter: the document allows the empty value."""
+    parameters = document["components"]["parameters"]
+    names = [ref["$ref"].rsplit("/", 1)[1] for ref in document["paths"]["/admin/jobs"]["get"]["parameters"]]
+    assert {name: parameters[name].get("allowEmptyValue") for name in names} == {name: True for name in names}
+    for name in names:
+        answer = svc.admin("GET", f"/admin/jobs?{parameters[name]['name']}=")
+        assert answer.status == 200, (name, answer.body)
+
+
+def test_since_is_described_as_the_utc_form_the_server_takes(document, svc):
+    """A date-time with an offset is refused with 400, so the document's schema must refuse it too."""
+    schema = document["components"]["parameters"]["JobSinceQuery"]["schema"]
+    for text, taken in [("2026-11-28T23:16:31Z", True), ("2026-11-28T23:16:31.25Z", True),
+                        ("2026-11-28T23:16:31+10:03", False), ("0394-10-21T17:57:44-18:27", False)]:
+        assert bool(re.fullmatch(schema["pattern"].strip("^$"), text)) is taken, text
+        status = svc.admin("GET", "/admin/jobs?since=" + text.replace("+", "%2B")).status
+        assert status == (200 if taken else 400), (text, status)
+
+
+def test_recording_url_carries_the_scheme_and_characters_the_server_enforces(document):
+    """A URL that is not http(s), or has a character the server refuses, is outside the document's schema;
+    what the schema admits fails the server only for its host (allow-upstream, which no schema can know)."""
+    from recsvc.core.upstream_rules import UrlNotAllowed, check_recording_url
+
+    schema = document["components"]["schemas"]["CallInput"]["properties"]["recording_url"]
+    for url in ["https://x.test/a.wav", "HTTPS://x.test/a", "http://127.0.0.1:8/a?b=c", "", "x.test/a.wav", "vEtj0-S",
+                "ftp://x.test/a", "file:///etc/passwd", "https://x.test/a\\b", "https://x.test/<a>", "https ://x",
+                "javascript:alert(1)", "https:x.test"]:
+        admitted = re.fullmatch(schema["pattern"], url) is not None
+        try:
+            check_recording_url(url, ("x.test", "loopback")) if url else None
+            served = True
+        except UrlNotAllowed:
+            served = False
+        assert admitted == served, (url, admitted, served)

@@ -102,3 +102,30 @@ def test_without_an_admin_token_the_index_is_plain(make_harness):
 def test_with_an_admin_token_the_index_is_the_demo_page(svc):
     page = svc.request("GET", "/")
     assert page.status == 200 and b"/static/demo.js" in page.body
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o000], ids=["umask 022", "umask 000"])
+def test_recordings_and_their_folders_are_private_whatever_the_umask(tmp_path, umask, mask):
+    """A recording is a customer's call audio: its folders 0700, the file (temporary and published) 0600."""
+    from recsvc.storage.files import RecordingFiles
+
+    umask(mask)
+    files = RecordingFiles(str(tmp_path))
+    temp, temp_path = files.create_temp(7)
+    assert oct(mode(temp_path)) == "0o600"
+    temp.write(b"RIFF")
+    files.publish(temp, temp_path, files.relative_path(7, "CA1", "wav"))
+    assert {name: oct(mode(path)) for name, path in [("recordings", files.root), ("business", tmp_path / "recordings" / "7"),
+                                                       ("file", files.absolute("7/CA1.wav"))]} == \
+        {"recordings": "0o700", "business": "0o700", "file": "0o600"}
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o000], ids=["umask 022", "umask 000"])
+def test_metrics_files_of_serve_processes_are_private_whatever_the_umask(tmp_path, umask, mask):
+    from recsvc.run.metrics_exchange import MetricsExchange
+
+    umask(mask)
+    exchange = MetricsExchange(str(tmp_path), 0, 2, lambda: {"recsvc_up": 1})
+    exchange.publish()
+    assert oct(mode(tmp_path / "metrics")) == "0o700"
+    assert oct(mode(tmp_path / "metrics" / "process-0.json")) == "0o600"

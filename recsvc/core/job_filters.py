@@ -16,7 +16,7 @@ from typing import Mapping
 STATUSES = ("queued", "running", "completed", "failed")
 MAX_LIMIT = 200  # README: "at most 200 jobs, newest first"
 
-_ISO_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z", re.ASCII)
+ISO_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class JobFilters:
 
 def parse_since(text: str) -> float:
     """An ISO 8601 UTC time as JSON times are written (``2026-11-28T23:16:31Z``, fractions allowed)."""
-    if not _ISO_UTC.fullmatch(text):
+    if not ISO_UTC.fullmatch(text):
         raise ValueError("since must be a UTC time like 2026-11-28T23:16:31Z.")
     try:
         moment = datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)

@@ -17,7 +17,7 @@ import copy
 import re
 
 from .. import __version__
-from ..core.job_filters import MAX_LIMIT as MAX_JOBS, STATUSES as JOB_STATUSES
+from ..core.job_filters import ISO_UTC, MAX_LIMIT as MAX_JOBS, STATUSES as JOB_STATUSES
 from .answers import ERRORS, TRANSPORT_CODES, play_codes
 from .routes import Route
 
@@ -238,6 +238,11 @@ def _integer(description: str, **extra) -> dict:
 TIME = {"type": ["string", "null"], "format": "date-time", "description": "ISO 8601 UTC with Z."}
 
 
+# What a PUT can judge of a recording_url without knowing allow-upstream (upstream_rules): empty, or http(s)
+# in any case followed by printable ASCII without a backslash or angle brackets.
+RECORDING_URL_PATTERN = r"^([Hh][Tt][Tt][Pp][Ss]?://[!-;=?-\[\]-~]*)?$"
+
+
 def _object(required: tuple[str, ...], properties: dict, extra_allowed: bool = True) -> dict:
     return {"type": "object", "required": list(required), "properties": properties,
             "additionalProperties": extra_allowed}
@@ -290,7 +295,7 @@ def _schemas() -> dict:
             "message": _string("An English sentence."),
         }),
         "CallInput": _object(("recording_url",), {"recording_url": {
-            "type": ["string", "null"], "maxLength": 2048, "pattern": "^[!-~]*$",
+            "type": ["string", "null"], "maxLength": 2048, "pattern": RECORDING_URL_PATTERN,
             "description": "https on an allowed host (http only for loopback); null or empty: no recording."}}, False),
         "Call": _object(("call_sid", "recording_url", "created_at", "cached", "latest_job"), {
             "call_sid": _string("The call.", pattern=CALL_SID_PATTERN), "recording_url": {"type": ["string", "null"]},
@@ -352,24 +357,26 @@ def _parameters() -> dict:
                            "description": "ASCII digits (else 400); a value outside 1..2^63-1 is 404 (6).",
                            "schema": {"type": "string", "pattern": "^[0-9]+$"}},
         "AssetName": {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-        "CallSidQuery": {"name": "call_sid", "in": "query", "required": False,
+        "CallSidQuery": {"name": "call_sid", "in": "query", "required": False, "allowEmptyValue": True,
                          "description": "Empty is no filter.",
                          "schema": {"type": "string", "pattern": "^([A-Za-z0-9_-]{1,64})?$"}},
-        "BusinessIdQuery": {"name": "business_id", "in": "query", "required": False,
+        "BusinessIdQuery": {"name": "business_id", "in": "query", "required": False, "allowEmptyValue": True,
                             "description": "ASCII digits (else 400); a value outside 1..2^63-1 is 404 (6). "
                                            "Empty is no filter.",
                             "schema": {"type": "string", "pattern": "^[0-9]*$"}},
-        "JobStatusQuery": {"name": "status", "in": "query", "required": False,
-                           "description": "Only jobs of this status; another value is 400 invalid_request.",
+        "JobStatusQuery": {"name": "status", "in": "query", "required": False, "allowEmptyValue": True,
+                           "description": "Only jobs of this status; another value is 400 invalid_request. "
+                                          "Empty is no filter.",
                            "schema": {"type": "string", "enum": list(JOB_STATUSES)}},
-        "JobLimitQuery": {"name": "limit", "in": "query", "required": False,
+        "JobLimitQuery": {"name": "limit", "in": "query", "required": False, "allowEmptyValue": True,
                           "description": f"At most this many jobs, newest first (default {MAX_JOBS}); "
-                                         "another value is 400 invalid_request.",
+                                         "another value is 400 invalid_request. Empty is the default.",
                           "schema": {"type": "integer", "minimum": 1, "maximum": MAX_JOBS, "default": MAX_JOBS}},
-        "JobSinceQuery": {"name": "since", "in": "query", "required": False,
+        "JobSinceQuery": {"name": "since", "in": "query", "required": False, "allowEmptyValue": True,
                           "description": "Only jobs created at or after this UTC time (2026-11-28T23:16:31Z, "
-                                         "fractions allowed); another form is 400 invalid_request.",
-                          "schema": {"type": "string", "format": "date-time"}},
+                                         "fractions allowed, no other offset than Z); another form is 400 "
+                                         "invalid_request. Empty is no filter.",
+                          "schema": {"type": "string", "format": "date-time", "pattern": f"^{ISO_UTC.pattern}$"}},
         "Exp": {"name": "exp", "in": "query", "required": False,
                 "description": "Signed link: expiry, Unix seconds (6).", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
         "Sig": {"name": "sig", "in": "query", "required": False,

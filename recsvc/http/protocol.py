@@ -216,10 +216,10 @@ def parse_request_line(line: bytes) -> tuple[str, str, str]:
         raise _bad_request("The request line must end with an HTTP version such as HTTP/1.1.")
     if version not in (b"HTTP/1.0", b"HTTP/1.1"):
         raise RequestError("http_version_not_supported")
-    if not (_ORIGIN_FORM.fullmatch(target) or _ABSOLUTE_FORM.fullmatch(target)):
-        raise _bad_request("The request target must be a path starting with '/' (or an http URL), in visible ASCII.")
     if method.decode("ascii") not in METHODS:  # 405 for known methods is the app's job
         raise RequestError("not_implemented")
+    if not (_ORIGIN_FORM.fullmatch(target) or _ABSOLUTE_FORM.fullmatch(target)):
+        raise _bad_request("The request target must be a path starting with '/' (or an http URL), in visible ASCII.")
     return method.decode("ascii"), target.decode("ascii"), version.decode("ascii")
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Callable
 
+from ..storage.private_files import PRIVATE_FILE, private_dir
 from ..storage.store import StorageOutage
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class MetricsExchange:
     def __init__(self, data_dir: str, index: int, count: int, families: Callable[[], dict], *,
                  clock: Callable[[], float] = time.time):
         self._folder = os.path.join(data_dir, "metrics")
-        os.makedirs(self._folder, exist_ok=True)
+        private_dir(self._folder)
         self._index = index
         self._count = count
         self._families = families
@@ -47,7 +48,7 @@ class MetricsExchange:
         path = self._path(self._index)
         temp = f"{path}.{os.getpid()}.tmp"
         try:
-            with open(temp, "w") as out:
+            with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE), "w") as out:
                 json.dump(self._families(), out, separators=(",", ":"))
             os.replace(temp, path)
         except OSError:

@@ -20,6 +20,8 @@ import socket
 import uuid
 from typing import BinaryIO
 
+from .private_files import PRIVATE_FILE, private_dir
+
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".part"
@@ -44,7 +46,7 @@ class RecordingFiles:
 
     def __init__(self, data_dir: str):
         self.root = os.path.join(os.path.abspath(data_dir), "recordings")
-        os.makedirs(self.root, exist_ok=True)
+        private_dir(self.root)  # call audio: 0700 folders and 0600 files, whatever the umask
 
     def relative_path(self, business_id: int, call_sid: str, extension: str) -> str:
         return f"{int(business_id)}/{call_sid}.{extension}"
@@ -55,10 +57,10 @@ class RecordingFiles:
     def create_temp(self, business_id: int) -> tuple[BinaryIO, str]:
         """A new temporary file beside the final one; its name says who writes it."""
         folder = os.path.join(self.root, str(int(business_id)))
-        os.makedirs(folder, exist_ok=True)
+        private_dir(folder)
         name = f".{HOSTNAME}.{os.getpid()}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
         path = os.path.join(folder, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
         return os.fdopen(fd, "wb"), path
 
     def publish(self, temp_file: BinaryIO, temp_path: str, relative: str) -> None:
