@@ -178,3 +178,11 @@ def test_the_address_can_open_the_page_in_hebrew(demo):
         page.wait_for('document.querySelectorAll("section.scenario").length > 0', timeout=20)
         assert page.evaluate("document.documentElement.dir") == "rtl"
         assert page.evaluate('document.querySelector("#scenario-hang h2 > span").textContent') == HEBREW["hang"][0]
+        # The settings line reads right to left: its label at the right edge, the flags as one LTR run.
+        page.wait_for('document.querySelector("#settings bdi") !== null', timeout=20)
+        label, flags = page.evaluate("""(() => { const p = document.getElementById("settings");
+            const range = document.createRange(); range.selectNodeContents(p.firstChild);
+            const r = range.getBoundingClientRect(), b = p.querySelector("bdi");
+            return [[r.left, r.right, p.getBoundingClientRect().right], [b.dir, b.textContent]]; })()""")
+        assert label[1] >= label[2] - 2, ("the label sits at the right edge", label)
+        assert flags[0] == "ltr" and flags[1].startswith("job-timeout "), flags

@@ -1,9 +1,10 @@
 """README's "Your first recording" block, run verbatim with bash against a real serve.
 
 The block is read from README.md between its markers and run as it is
-written. The test sets only what the README tells a reader to set:
-``RECORDING_URL`` (here a loopback upstream), ``RECSVC_ALLOW_UPSTREAM``
-(``loopback``, for that upstream), ``RECSVC_PORT`` (a free port) and
+written, after the README's sample-recording block (the way to a recording
+URL without a Twilio account), also verbatim. The test sets only what the
+README tells a reader to set: ``SAMPLE_PORT`` and ``RECSVC_PORT`` (free
+ports) and
 ``BROWSER`` (Python's webbrowser runs it: here a script that notes the
 address instead of opening a window). The block runs in an empty folder with
 the repository on ``PYTHONPATH``, as ``python3 -m recsvc`` from the
@@ -23,16 +24,15 @@ import pytest
 from chromium import Browser, require_chromium
 from conftest import ROOT
 from recsvc.demo.audio import tune_for
-from recsvc.demo.fake_upstream import FakeUpstream
 
-MARKERS = re.compile(r"<!-- first-recording -->\n```sh\n(.*?)```\n<!-- /first-recording -->", re.S)
-RECORDING = tune_for("first-recording", seconds=1.0)
+RECORDING = tune_for("sample", seconds=3.0)   # what `recsvc sample-upstream` serves
 
 
-def readme_block() -> str:
+def readme_block(name: str = "first-recording") -> str:
+    markers = re.compile(rf"<!-- {name} -->\n```sh\n(.*?)```\n<!-- /{name} -->", re.S)
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
-        found = MARKERS.search(handle.read())
-    assert found, "README.md has no first-recording block between its markers"
+        found = markers.search(handle.read())
+    assert found, f"README.md has no {name} block between its markers"
     return found.group(1)
 
 
@@ -50,26 +50,29 @@ def first_recording(tmp_path_factory):
     browser = folder / "browser"
     browser.write_text(f'#!/bin/sh\necho "$1" >> {opened}\n')
     browser.chmod(0o755)
-    with FakeUpstream() as upstream:
-        url = upstream.set("/Recordings/RE1.wav", body=RECORDING)
-        env = {**os.environ, "PYTHONPATH": ROOT, "RECORDING_URL": url, "RECSVC_ALLOW_UPSTREAM": "loopback",
-               "RECSVC_PORT": str(free_port()), "BROWSER": str(browser)}
-        for name in ("RECSVC_ADMIN_TOKEN", "RECSVC_TOKEN", "RECSVC_BASE_URL"):
-            env.pop(name, None)
-        # The block's own lines, then the service it left in the background is stopped.
-        script = readme_block() + "kill -TERM %1; wait %1\n"
-        shell = subprocess.Popen(["bash", "-e", "-c", script], cwd=folder, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            out, err = shell.communicate(timeout=60)
-        finally:
-            try:  # whatever the block left running, should it have failed half-way
-                os.killpg(shell.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        yield {"code": shell.returncode, "out": out, "err": err, "folder": folder,
-               "opened": opened.read_text().split() if opened.exists() else [], "upstream_hits": upstream.hits("/Recordings/RE1.wav"),
-               "port": env["RECSVC_PORT"]}
+    env = {**os.environ, "PYTHONPATH": ROOT, "SAMPLE_PORT": str(free_port()),
+           "RECSVC_PORT": str(free_port()), "BROWSER": str(browser)}
+    for name in ("RECSVC_ADMIN_TOKEN", "RECSVC_TOKEN", "RECSVC_BASE_URL", "RECORDING_URL", "RECSVC_ALLOW_UPSTREAM"):
+        env.pop(name, None)
+    # The sample block and the block's own lines, then the service it left in the background
+    # is stopped (the sample upstream ends with the session, below).
+    script = readme_block("sample-recording") + readme_block() + "kill -TERM %1; wait %1\n"
+    # Files, not pipes: the sample upstream the block left running keeps its copies open.
+    out_path, err_path = folder / "block.out", folder / "block.err"
+    with open(out_path, "w") as out_file, open(err_path, "w") as err_file:
+        shell = subprocess.Popen(["bash", "-e", "-c", script], cwd=folder, env=env, stdout=out_file,
+                                 stderr=err_file, text=True, start_new_session=True)
+    try:
+        shell.wait(timeout=60)
+        out, err = out_path.read_text(), err_path.read_text()
+    finally:
+        try:  # whatever the block left running, should it have failed half-way
+            os.killpg(shell.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    yield {"code": shell.returncode, "out": out, "err": err, "folder": folder,
+           "opened": opened.read_text().split() if opened.exists() else [],
+           "port": env["RECSVC_PORT"]}
 
 
 def test_the_block_is_at_most_six_commands():
@@ -92,7 +95,6 @@ def test_the_call_is_created_and_fetch_saves_the_recording(first_recording):
     assert '{"call_sid":"CA1",' in first_recording["out"], first_recording["out"]
     saved = first_recording["folder"] / "CA1.wav"
     assert saved.read_bytes() == RECORDING
-    assert first_recording["upstream_hits"] == 1
 
 
 def test_serve_said_what_it_runs_with(first_recording):
@@ -127,3 +129,14 @@ def test_the_opened_player_page_plays_the_recording(first_recording, tmp_path):
     finally:
         serve.terminate()
         serve.wait(15)
+
+
+def test_the_sample_upstream_on_a_busy_port_says_so_in_one_line():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(["python3", "-m", "recsvc", "sample-upstream", "--port", str(port)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr == f"recsvc sample-upstream: cannot listen on 127.0.0.1:{port}: Address already in use\n"

@@ -167,6 +167,27 @@ def test_a_bad_setting_is_still_one_line_and_exit_2(tmp_path):
     assert_one_line_failure(done, "--job-timeout must be a positive number, got '-1'")
 
 
+def test_a_database_file_that_is_not_sqlite_is_one_line_naming_it(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "recsvc.sqlite3").write_text("not a database\n")
+    done = run_recsvc("serve", "--port", "0", "--data-dir", str(data))
+    line = assert_one_line_failure(done, f"the database {data / 'recsvc.sqlite3'} cannot be used",
+                                   "file is not a database")
+    assert "Error)" not in line, "no Python class name in the operator's line"
+
+
+def test_a_database_from_a_newer_schema_is_one_line_naming_it(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                    "c.execute('PRAGMA user_version = 99'); c.commit()", str(data / "recsvc.sqlite3")], check=True)
+    done = run_recsvc("serve", "--port", "0", "--data-dir", str(data))
+    line = assert_one_line_failure(done, f"the database {data / 'recsvc.sqlite3'} cannot be used",
+                                   "schema version 99 is newer than this recsvc")
+    assert "Error)" not in line
+
+
 # ---- the Python version
 
 @pytest.mark.parametrize("version", [(3, 9, 18), (3, 8, 0), (2, 7, 18)], ids=str)

@@ -85,7 +85,11 @@ class App:
         self.clock = clock
         private_dir(settings.data_dir)  # CONTRACT 6: 0700, the database and secrets in it 0600
         private_database(os.path.join(settings.data_dir, DATABASE_FILE))
-        self.store = Store(os.path.join(settings.data_dir, DATABASE_FILE))
+        database = os.path.join(settings.data_dir, DATABASE_FILE)
+        try:
+            self.store = Store(database)
+        except Exception as exc:  # not SQLite, a newer schema, ...: the operator's line names the file
+            raise StartError(f"the database {database} cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
         self.files = RecordingFiles(settings.data_dir)
         self.metrics = Metrics(process=str(process_index) if settings.processes > 1 else None)
         self.exchange: MetricsExchange | None = None

@@ -415,8 +415,12 @@ async function refreshHealth() {
 }
 
 function renderSettings(values) {
-  $("#settings").textContent = t("timings") + Object.entries(values)
-    .map(([name, value]) => `${name.replaceAll("_", "-")} ${value}`).join(", ");
+  // The label follows the page's direction; the list of flags is a left-to-right run of its own.
+  const list = document.createElement("bdi");
+  list.dir = "ltr";
+  list.className = "settings-list";
+  list.textContent = Object.entries(values).map(([name, value]) => `${name.replaceAll("_", "-")} ${value}`).join(", ");
+  $("#settings").replaceChildren(t("timings"), list);
 }
 
 // ---------------------------------------------------------------- start
