@@ -54,6 +54,7 @@ TESTS: dict[str, list[str]] = {
                           "tests/test_fail_fast.py"],
     "recsvc/storage/sqlite_counter.py": ["tests/test_sqlite_counter.py", "tests/test_counter_expiry.py"],
     "recsvc/storage/redis_counter.py": ["tests/test_counter.py"],
+    "recsvc/storage/fallback_counter.py": ["tests/test_counter_backoff.py", "tests/test_counter_fallback.py"],
     "recsvc/core/media.py": ["tests/test_media.py", "tests/test_media_http.py"],
 }
 
