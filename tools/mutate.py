@@ -45,7 +45,7 @@ TESTS: dict[str, list[str]] = {
     "recsvc/contract/decision.py": ["tests/test_decision.py", "tests/test_play_rows.py", "tests/test_sweeper.py"],
     "recsvc/core/service.py": ["tests/test_play_rows.py", "tests/test_fail_fast.py", "tests/test_sweeper.py",
                           "tests/test_invariants.py", "tests/test_row7_attempt.py",
-                          "tests/test_stuck_wakes_waiters.py", "tests/test_retry_limit.py",
+                          "tests/test_stuck_wakes_waiters.py", "tests/test_retry_limit.py", "tests/test_retry_floor.py",
                           "tests/test_authentication.py", "tests/test_readme_decisions.py",
                           "tests/test_twilio_webhook.py"],
     "recsvc/core/worker.py": ["tests/test_worker_pool.py", "tests/test_sweeper.py", "tests/test_crash_recovery.py",
@@ -54,6 +54,7 @@ TESTS: dict[str, list[str]] = {
                           "tests/test_fail_fast.py"],
     "recsvc/storage/sqlite_counter.py": ["tests/test_sqlite_counter.py", "tests/test_counter_expiry.py"],
     "recsvc/storage/redis_counter.py": ["tests/test_counter.py"],
+    "recsvc/storage/fallback_counter.py": ["tests/test_counter_backoff.py", "tests/test_counter_fallback.py"],
     "recsvc/core/media.py": ["tests/test_media.py", "tests/test_media_http.py"],
 }
 
