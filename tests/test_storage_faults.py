@@ -263,7 +263,10 @@ def test_download_threads_that_cannot_claim_back_off_and_log_one_line_per_outage
         claims = [m for m in worker_lines if m.startswith("download threads cannot claim jobs")]
         assert len(claims) == 2, worker_lines  # "storage fault ..." when it starts, "works again" when it ends
         assert "storage fault" in claims[0] and "works again" in claims[1]
-        assert not [r for r in caplog.records if r.exc_info], "a traceback per try"
+        # (An app of an earlier test may still be ending a hung download: its shutdown line is not a try.)
+        tracebacks = [r for r in caplog.records
+                      if r.exc_info and r.getMessage() != "download thread ended during shutdown"]
+        assert not tracebacks, "a traceback per try"
         assert len([m for m in worker_lines if "heartbeat: storage" in m]) <= 2
     finally:
         app.stop(grace=0.5)

@@ -625,8 +625,8 @@ class Store:
         self._all_lock = threading.Lock()  # guards _all
         self._all: list[sqlite3.Connection] = []
         held = HeldConnections()
-        self._reads = ConnectionPool(self._connect, self.READ_CONNECTIONS, busy_timeout, held, StoreBusy)
-        self._writes = ConnectionPool(self._connect, self.WRITE_CONNECTIONS, busy_timeout, held, StoreBusy)
+        self._reads = ConnectionPool(self._connect, self.READ_CONNECTIONS, busy_timeout, held, self._pool_busy)
+        self._writes = ConnectionPool(self._connect, self.WRITE_CONNECTIONS, busy_timeout, held, self._pool_busy)
         self._open_write = threading.local()  # .tx: this thread's transaction inside writing(), if any
         self.last_fault: tuple[float, StoreError] | None = None  # (time.monotonic(), fault) of the last one
         with self._connection(write=True) as conn:
@@ -640,6 +640,13 @@ class Store:
         self.last_fault = (time.monotonic(), fault)
         if fault is not exc:
             raise fault from exc
+
+    def _pool_busy(self, message: str) -> StoreBusy:
+        """A wait for a pooled connection that ran out: the lock held past the busy timeout, a fault
+        like SQLite's own busy error, remembered the same way (row 7 asks for it)."""
+        fault = StoreBusy(message)
+        self.last_fault = (time.monotonic(), fault)
+        return fault
 
     def fault_within(self, seconds: float) -> StoreError | None:
         """The last storage fault, when it happened less than ``seconds`` ago."""
