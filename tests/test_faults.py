@@ -205,6 +205,7 @@ def test_a_recordings_folder_that_cannot_be_written_fails_the_job_storage_error(
 BUSY_TIMEOUT = 0.2
 
 
+@pytest.mark.sqlite_store_only("a SQLite write lock")
 def test_a_write_locked_database_answers_503_storage_busy_then_recovers(tmp_path, upstream, monkeypatch, caplog):
     monkeypatch.setattr(app_module, "Store", functools.partial(Store, busy_timeout=BUSY_TIMEOUT))
     clock = FakeClock()
@@ -284,6 +285,7 @@ class DownCounter:
         pass
 
 
+@pytest.mark.sqlite_store_only("the Redis store counts retries in the script that queues them and cannot fail open: tests/test_redis_store.py tests Redis down")
 def test_a_counter_that_raises_allows_the_retry_and_logs_a_warning(tmp_path, upstream, caplog):
     clock = FakeClock()
     counter = DownCounter()

@@ -118,6 +118,7 @@ def test_an_absent_or_failed_recording_stores_the_call_without_url(twilio, statu
     assert answer.status == 404 and answer.json["error"] == "no_recording_url"
 
 
+@pytest.mark.sqlite_store_only("it reads or counts the SQLite store's own statements")
 def test_the_auth_token_is_never_returned_and_register_needs_the_admin_token(twilio):
     svc, token = twilio
     body = {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN}
