@@ -154,6 +154,12 @@ BOTH_STORES = {
     "test_player_outcomes", "test_prefer_wait", "test_retry_limit", "test_row7_attempt", "test_stuck_wakes_waiters",
     "test_sweeper", "test_twilio_webhook", "test_upstream_safety", "test_worker_pool",
 }
+# The reasons of sqlite_store_only that several tests share.
+REDIS_TTL_WINDOW = ("the Redis store's retry window is Redis's own TTL, on the server's clock, which the fake clock "
+                    "cannot move: tests/test_redis_store.py tests it with a real short window")
+READS_SQLITE = "it reads or counts the SQLite store's own statements"
+REDIS_CANNOT_FAIL_OPEN = ("the Redis store counts retries in the script that queues them and cannot fail open: "
+                          "tests/test_redis_store.py tests Redis down")
 REDIS_DATABASES = 4096  # one database per data dir of the run: tests never see each other's keys
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 
 import pytest
-from conftest import Harness, make_settings
+from conftest import Harness, REDIS_CANNOT_FAIL_OPEN, REDIS_TTL_WINDOW, make_settings
 from contract_steps import (
     JOB_TIMEOUT, PAST_JOB_TIMEOUT, cached_file, call_with_recording, jobs_of, new_business,
     play_until_cached, retry_counter, shared_harness, wait_for_job, wait_until_running,
@@ -61,7 +61,7 @@ def failing_upstream(tmp_path_factory):
 COUNTERS = pytest.mark.parametrize("counter", ["memory://", "sqlite://"])
 
 
-@pytest.mark.sqlite_store_only("the Redis store's retry window is Redis's own TTL, on the server's clock, which the fake clock cannot move: tests/test_redis_store.py tests it with a real short window")
+@pytest.mark.sqlite_store_only(REDIS_TTL_WINDOW)
 @COUNTERS
 def test_hanging_jobs_are_retried_with_attempts_0_to_3_then_fail_fast_with_retry_limit_reached(hung_pool, caplog,
                                                                                                counter):
@@ -120,7 +120,7 @@ def test_fail_fast_log_lines_name_the_retry_the_refusal_and_the_stuck_job(hung_p
             in messages)
 
 
-@pytest.mark.sqlite_store_only("the Redis store's retry window is Redis's own TTL, on the server's clock, which the fake clock cannot move: tests/test_redis_store.py tests it with a real short window")
+@pytest.mark.sqlite_store_only(REDIS_TTL_WINDOW)
 def test_after_a_quiet_window_a_refused_call_gets_a_fresh_cycle_starting_at_attempt_1(hung_pool):
     h = hung_pool(workers=5)
     acme = new_business(h)
@@ -142,7 +142,7 @@ def test_after_a_quiet_window_a_refused_call_gets_a_fresh_cycle_starting_at_atte
     assert len(jobs_of(h, acme, "CAQUIET")) == 5
 
 
-@pytest.mark.sqlite_store_only("the Redis store's retry window is Redis's own TTL, on the server's clock, which the fake clock cannot move: tests/test_redis_store.py tests it with a real short window")
+@pytest.mark.sqlite_store_only(REDIS_TTL_WINDOW)
 def test_the_window_slides_so_retries_five_minutes_apart_still_reach_the_limit_of_a_ten_minute_window(hung_pool):
     # With a fixed window (EXPIRE only when the key is created) the key made
     # by retry 1 at T+300 is gone at T+900, retry 3 counts 1 again and the
@@ -338,7 +338,7 @@ def broken_counter_harness(tmp_path, clock, upstream):
     app.stop(grace=0.5)
 
 
-@pytest.mark.sqlite_store_only("the Redis store counts retries in the script that queues them and cannot fail open: tests/test_redis_store.py tests Redis down")
+@pytest.mark.sqlite_store_only(REDIS_CANNOT_FAIL_OPEN)
 def test_a_failing_retry_counter_allows_the_retry_and_logs_a_warning(broken_counter_harness, caplog):
     caplog.set_level(logging.WARNING)
     h = broken_counter_harness

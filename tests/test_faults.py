@@ -23,7 +23,8 @@ from typing import Iterator
 import pytest
 
 from conftest import (
-    ADMIN_TOKEN, FakeClock, Harness, make_settings, request, spawn_recsvc, wait_listening, wait_until,
+    ADMIN_TOKEN, REDIS_CANNOT_FAIL_OPEN, FakeClock, Harness, make_settings, request, spawn_recsvc, wait_listening,
+    wait_until,
 )
 from recsvc.run import app as app_module
 from recsvc.run.app import DATABASE_FILE, App
@@ -285,7 +286,7 @@ class DownCounter:
         pass
 
 
-@pytest.mark.sqlite_store_only("the Redis store counts retries in the script that queues them and cannot fail open: tests/test_redis_store.py tests Redis down")
+@pytest.mark.sqlite_store_only(REDIS_CANNOT_FAIL_OPEN)
 def test_a_counter_that_raises_allows_the_retry_and_logs_a_warning(tmp_path, upstream, caplog):
     clock = FakeClock()
     counter = DownCounter()

@@ -17,6 +17,7 @@ from contract_steps import (
     retry_counter, shared_harness, wait_for_job, wait_until_running,
 )
 
+from conftest import REDIS_TTL_WINDOW
 from recsvc.demo.audio import sized_wav, tune_for
 
 CONCURRENT = 50
@@ -90,7 +91,7 @@ def play_until_refused(h, business, call_sid: str, limit: int = 10) -> int:
     raise AssertionError(f"{call_sid} was never refused in {limit} plays")
 
 
-@pytest.mark.sqlite_store_only("the Redis store's retry window is Redis's own TTL, on the server's clock, which the fake clock cannot move: tests/test_redis_store.py tests it with a real short window")
+@pytest.mark.sqlite_store_only(REDIS_TTL_WINDOW)
 def test_per_call_at_most_max_retry_attempts_retry_jobs_plus_the_first_between_two_quiet_windows(make_harness):
     h = make_harness(workers=2, download_timeout=0.3, max_retry_attempts=2, retry_window=600)
     acme = new_business(h)

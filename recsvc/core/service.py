@@ -622,7 +622,10 @@ class RecordingService:
     def fail_lost_leases(self) -> int:
         """A store of leases (Redis): fail the running jobs of every worker whose lease expired, on
         whichever node it ran (CONTRACT 4, heartbeat lost). Judged by the server's clock, so the
-        nodes' clocks need not agree to the second."""
+        nodes' clocks need not agree to the second. Not while this node saw the store fail within
+        the liveness window: no worker could renew its lease then, and each gets that long to do so."""
+        if self.store.fault_within(self.settings.liveness_window) is not None:
+            return 0
         with self.store.writing() as tx:
             failed = tx.fail_lost_leases(STUCK, "worker heartbeat lost ", self.clock())
         for job_id, call_sid, reason in failed:

@@ -157,7 +157,11 @@ class App:
         return self
 
     def _start_parts(self, http: bool, first: bool) -> None:
-        if first:
+        if first and self.store.leases:
+            # Nodes on several machines: a dead worker's jobs are failed when its lease expires, by any
+            # node (fail_lost_leases), not by asking whether a pid of this host is alive.
+            self.files.remove_dead_temp_files(own_pid=os.getpid())
+        elif first:
             worker_id = self.pool.worker_id if self.pool else None
             replaced = recover_orphans(self.store, self.files, self.clock, worker_id)
             if replaced:
