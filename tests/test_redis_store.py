@@ -268,3 +268,24 @@ def test_an_unreachable_redis_at_start_is_one_line(tmp_path, redis_server):
 
     with pytest.raises(StartError, match=r"cannot be used: cannot connect to redis://127\.0\.0\.1:\d+/9"):
         App(make_settings(tmp_path / "data", store=url))
+
+
+def test_recsvc_jobs_reads_a_redis_store_as_the_admin_api_lists_it(nodes, redis_server):
+    import io  # noqa: PLC0415
+    from recsvc.run.jobs import main as jobs_main  # noqa: PLC0415
+    a, = nodes(1, workers=0)
+    acme = new_business(a)
+    for sid in ("CAJ1", "CAJ2"):
+        call_with_recording(a, acme, sid)
+        a.play(acme.token, sid)
+    out, err = io.StringIO(), io.StringIO()
+
+    code = jobs_main(["--store", redis_server.url(3), "--call", "CAJ2"], stdout=out, stderr=err)
+
+    assert (code, err.getvalue()) == (0, "")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "CAJ2" in lines[1] and "queued" in lines[1]
+    assert str(jobs_of(a, acme, "CAJ2")[0]["id"]) == lines[1].split()[0]
+    redis_server.kill()
+    assert jobs_main(["--store", redis_server.url(3)], stdout=out, stderr=err) == 1
+    assert err.getvalue().startswith(f"recsvc jobs: cannot read redis://127.0.0.1:{redis_server.port}/3: ")
