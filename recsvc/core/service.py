@@ -138,8 +138,10 @@ class RecordingService:
         # CPU under the GIL: one request at a time through it, instead of every
         # connection thread at once, serves more 202 polls with a lower p99 (docs/measurements.md).
         # Nothing that can block for long (write locks, held requests, the counter,
-        # sending) runs inside it.
-        self._read_gate = threading.Lock()
+        # sending) runs inside it. A store across the network (Redis) makes the snapshot a
+        # round trip: holding the gate through it would serve one poll per round trip, so
+        # there is no gate then.
+        self._read_gate = contextlib.nullcontext() if store.remote else threading.Lock()
         self.on_job_queued = on_job_queued
         self.on_job_ended = on_job_ended
         self._counter_state_lock = threading.Lock()  # guards _counter_failing

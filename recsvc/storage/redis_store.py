@@ -331,6 +331,7 @@ class RedisStore:
     optimistic = True          # the service applies play decisions with apply_play (module text)
     unique_file_names = True   # every job renames into a file name of its own (module text)
     leases = True              # a worker's row expires; fail_lost_leases fails its jobs
+    remote = True              # every read is a round trip to the server
 
     def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT,
                  max_idle: int = 8):

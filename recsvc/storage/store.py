@@ -668,6 +668,7 @@ class Store:
     optimistic = False
     unique_file_names = False
     leases = False
+    remote = False  # a file on this machine: reads cost CPU, not waiting
 
     BUSY_RETRIES = 5
     READ_CONNECTIONS = 4
