@@ -30,14 +30,14 @@ ADMIN_ROUTES = [
 
 
 @pytest.fixture(scope="module")
-def svc_shared(tmp_path_factory):
+def svc_shared(tmp_path_factory, store_kind):
     """One recsvc with live workers and an admin token, for tests that change no shared state."""
     yield from shared_harness(tmp_path_factory, workers=1, download_timeout=0.3,
                               allow_upstream=("loopback", ALLOWED_HOST))
 
 
 @pytest.fixture(scope="module")
-def no_admin(tmp_path_factory):
+def no_admin(tmp_path_factory, store_kind):
     yield from shared_harness(tmp_path_factory, workers=0, admin_token=None)
 
 

@@ -48,7 +48,7 @@ def play_and_hang(h: Harness, business, call_sid: str, expected_attempt: int) ->
 
 
 @pytest.fixture(scope="module")
-def failing_upstream(tmp_path_factory):
+def failing_upstream(tmp_path_factory, store_kind):
     """Live workers whose downloads end quickly (short backoff), shared by tests that never move the clock."""
     harness = shared_harness(tmp_path_factory, workers=2, download_timeout=0.3, max_recording_bytes=MAX_BYTES)
     yield from harness

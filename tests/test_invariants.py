@@ -24,7 +24,7 @@ CONCURRENT = 50
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def live(tmp_path_factory, store_kind):
     """Live workers and quick downloads, shared by tests that never move the clock."""
     yield from shared_harness(tmp_path_factory, workers=2, download_timeout=0.3)
 

@@ -21,7 +21,7 @@ from recsvc.run.jobs import main as jobs_main
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory):
+def svc(tmp_path_factory, store_kind):
     with FakeUpstream() as upstream, running_harness(tmp_path_factory.mktemp("jobs"), upstream,
                                                      download_timeout=30.0) as harness:
         token = harness.business()
