@@ -143,9 +143,95 @@ def upstream():
         yield server
 
 
+# ---- the store of the in-process recsvc: every contract test runs on both (CONTRACT is the same for both)
+
+# The modules whose every test runs once on the SQLite store and once on the Redis store. Left out:
+# tests of one store's own faults and files (SQLite's locks and read-only files, the counter backends),
+# and tests that run recsvc as a separate process.
+BOTH_STORES = {
+    "test_abandoning", "test_admin_api", "test_admin_input", "test_authentication", "test_cache_eviction",
+    "test_fail_fast", "test_faults", "test_invariants", "test_jobs_view", "test_media_http", "test_play_rows",
+    "test_player_outcomes", "test_prefer_wait", "test_retry_limit", "test_row7_attempt", "test_stuck_wakes_waiters",
+    "test_sweeper", "test_twilio_webhook", "test_upstream_safety", "test_worker_pool",
+}
+# The reasons of sqlite_store_only that several tests share.
+REDIS_TTL_WINDOW = ("the Redis store's retry window is Redis's own TTL, on the server's clock, which the fake clock "
+                    "cannot move: tests/test_redis_store.py tests it with a real short window")
+READS_SQLITE = "it reads or counts the SQLite store's own statements"
+REDIS_CANNOT_FAIL_OPEN = ("the Redis store counts retries in the script that queues them and cannot fail open: "
+                          "tests/test_redis_store.py tests Redis down")
+REDIS_DATABASES = 4096  # one database per data dir of the run: tests never see each other's keys
+
+
+class _StoreChoice:
+    """Which store ``make_settings`` gives recsvc now, and the one redis-server of the run it uses."""
+
+    def __init__(self):
+        self.kind = "sqlite"
+        self.server = None
+        self.databases: dict[str, int] = {}
+
+    def url_for(self, data_dir) -> str:
+        """The Redis database of this data dir: a fresh one the first time, the same one again after."""
+        key = os.path.abspath(str(data_dir))
+        if key not in self.databases:
+            if self.server is None:
+                from redis_server import RedisServer  # noqa: PLC0415 - only runs that test the Redis store need it
+                import tempfile  # noqa: PLC0415
+                from pathlib import Path  # noqa: PLC0415
+                self.server = RedisServer(Path(tempfile.mkdtemp(prefix="recsvc-redis-")),
+                                          extra_args=("--databases", str(REDIS_DATABASES)))
+                self.server.start()
+            self.databases[key] = len(self.databases) + 1
+            if self.databases[key] >= REDIS_DATABASES:
+                raise RuntimeError("the test run used every Redis database")
+        return self.server.url(self.databases[key])
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.kill()
+
+
+STORE = _StoreChoice()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_store_only(reason): a test of BOTH_STORES whose premise holds on "
+                                       "the SQLite store only; the reason says why, and where the Redis store's "
+                                       "own test is")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.module.__name__ in BOTH_STORES:
+        only = metafunc.definition.get_closest_marker("sqlite_store_only")
+        if only is not None and not only.args:
+            raise TypeError(f"{metafunc.function.__name__}: sqlite_store_only needs its reason")
+        kinds = ["sqlite"] if only is not None else ["sqlite", "redis"]
+        metafunc.parametrize("store_kind", kinds, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def store_kind(request):
+    """The store of this module's recsvc: sqlite, or redis for the modules of BOTH_STORES' second run."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "redis":
+        from redis_server import REDIS_MISSING  # noqa: PLC0415
+        if REDIS_MISSING:
+            pytest.skip("redis-server is not installed: apt-get install redis-server")
+    STORE.kind = kind
+    yield kind
+    STORE.kind = "sqlite"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    STORE.stop()
+
+
 def make_settings(data_dir, **overrides) -> Settings:
     base = dict(port=0, data_dir=str(data_dir), admin_token=ADMIN_TOKEN, allow_upstream=("loopback",),
                 download_timeout=2.0)
+    if STORE.kind == "redis" and "store" not in overrides:
+        base["store"] = STORE.url_for(data_dir)
     base.update(overrides)
     return load_settings({}, {}, **base)
 

@@ -23,10 +23,11 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server of this test run, on loopback, keeping nothing on disk."""
 
-    def __init__(self, workdir: Path, password: str | None = None):
+    def __init__(self, workdir: Path, password: str | None = None, extra_args: tuple[str, ...] = ()):
         self.port = free_port()
         self.workdir = workdir
         self.password = password
+        self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
 
     def url(self, db: int = 0, password: str | None = None) -> str:
@@ -38,6 +39,7 @@ class RedisServer:
                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
         if self.password:
             args += ["--requirepass", self.password]
+        args += list(self.extra_args)
         with open(self.workdir / "redis.log", "ab") as log_file:
             self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10

@@ -6,7 +6,7 @@ import os
 import re
 
 import pytest
-from conftest import ADMIN_TOKEN
+from conftest import ADMIN_TOKEN, REDIS_TTL_WINDOW
 from contract_steps import (
     call_with_recording, jobs_of, new_business, play_until_cached, raw_exchange, shared_harness, wait_for_job,
 )
@@ -30,14 +30,14 @@ ADMIN_ROUTES = [
 
 
 @pytest.fixture(scope="module")
-def svc_shared(tmp_path_factory):
+def svc_shared(tmp_path_factory, store_kind):
     """One recsvc with live workers and an admin token, for tests that change no shared state."""
     yield from shared_harness(tmp_path_factory, workers=1, download_timeout=0.3,
                               allow_upstream=("loopback", ALLOWED_HOST))
 
 
 @pytest.fixture(scope="module")
-def no_admin(tmp_path_factory):
+def no_admin(tmp_path_factory, store_kind):
     yield from shared_harness(tmp_path_factory, workers=0, admin_token=None)
 
 
@@ -175,6 +175,7 @@ def test_admin_jobs_are_newest_first_with_the_fields_of_contract_1_and_filter_by
     assert h.admin("GET", "/admin/jobs").json["jobs"][0]["id"] == every[0]["id"]
 
 
+@pytest.mark.sqlite_store_only(REDIS_TTL_WINDOW)
 def test_retry_counter_shape_is_key_attempts_ttl_as_redis_says(make_harness):
     h = make_harness(workers=1, download_timeout=0.3, retry_window=600)
     acme = new_business(h)

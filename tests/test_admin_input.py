@@ -15,7 +15,7 @@ OTHER_ACCOUNT = "AC" + "fedcba9876543210" * 2
 
 
 @pytest.fixture(scope="module")
-def svc_shared(tmp_path_factory):
+def svc_shared(tmp_path_factory, store_kind):
     yield from shared_harness(tmp_path_factory, workers=0)
 
 

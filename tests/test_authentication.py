@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import READS_SQLITE
 from recsvc.core import service as service_module
 from recsvc.storage.store import Tx
 
@@ -33,6 +34,7 @@ def counted(monkeypatch):
     return counts
 
 
+@pytest.mark.sqlite_store_only(READS_SQLITE)
 def test_a_known_token_is_looked_up_once_and_then_remembered(make_harness, counted):
     h = make_harness(workers=0)
     token = h.business()
@@ -44,6 +46,7 @@ def test_a_known_token_is_looked_up_once_and_then_remembered(make_harness, count
     assert counted == {"hashes": 1, "lookups": 1}
 
 
+@pytest.mark.sqlite_store_only(READS_SQLITE)
 def test_an_unknown_token_is_looked_up_every_time_and_never_remembered(make_harness, counted):
     h = make_harness(workers=0)
     service = h.app.service
@@ -61,6 +64,7 @@ def test_each_business_keeps_its_own_token(make_harness):
     assert service.authenticate(tokens[0] + "x") is None and service.authenticate(tokens[0][:-1]) is None
 
 
+@pytest.mark.sqlite_store_only(READS_SQLITE)
 def test_the_memory_of_known_tokens_is_bounded(make_harness, monkeypatch, counted):
     h = make_harness(workers=0)
     service = h.app.service
@@ -73,6 +77,7 @@ def test_the_memory_of_known_tokens_is_bounded(make_harness, monkeypatch, counte
     assert counted["lookups"] >= 2 and counted["hashes"] == counted["lookups"]
 
 
+@pytest.mark.sqlite_store_only(READS_SQLITE)
 def test_as_many_tokens_as_the_memory_holds_are_all_remembered_and_one_more_makes_room(make_harness, monkeypatch,
                                                                                          counted):
     h = make_harness(workers=0)

@@ -13,7 +13,9 @@ import sqlite3
 import threading
 import time
 
-from conftest import ADMIN_TOKEN, request, spawn_recsvc, stop_processes, wait_listening
+import pytest
+
+from conftest import ADMIN_TOKEN, READS_SQLITE, request, spawn_recsvc, stop_processes, wait_listening
 from recsvc.run.app import DATABASE_FILE
 from recsvc.demo.audio import sized_wav
 
@@ -180,6 +182,7 @@ def test_a_reader_of_a_recording_being_evicted_gets_the_whole_file_or_a_202(make
     assert h.upstream.hits("/rec/CAread.wav") >= 2
 
 
+@pytest.mark.sqlite_store_only(READS_SQLITE)
 def test_a_play_costs_no_database_write_until_the_batch_is_flushed(make_harness):
     h = make_harness(cache_max_bytes=10 * SIZE)
     token = h.business()

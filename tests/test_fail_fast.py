@@ -12,7 +12,7 @@ import logging
 import os
 
 import pytest
-from conftest import Harness, make_settings
+from conftest import Harness, REDIS_CANNOT_FAIL_OPEN, REDIS_TTL_WINDOW, make_settings
 from contract_steps import (
     JOB_TIMEOUT, PAST_JOB_TIMEOUT, cached_file, call_with_recording, jobs_of, new_business,
     play_until_cached, retry_counter, shared_harness, wait_for_job, wait_until_running,
@@ -48,7 +48,7 @@ def play_and_hang(h: Harness, business, call_sid: str, expected_attempt: int) ->
 
 
 @pytest.fixture(scope="module")
-def failing_upstream(tmp_path_factory):
+def failing_upstream(tmp_path_factory, store_kind):
     """Live workers whose downloads end quickly (short backoff), shared by tests that never move the clock."""
     harness = shared_harness(tmp_path_factory, workers=2, download_timeout=0.3, max_recording_bytes=MAX_BYTES)
     yield from harness
@@ -61,6 +61,7 @@ def failing_upstream(tmp_path_factory):
 COUNTERS = pytest.mark.parametrize("counter", ["memory://", "sqlite://"])
 
 
+@pytest.mark.sqlite_store_only(REDIS_TTL_WINDOW)
 @COUNTERS
 def test_hanging_jobs_are_retried_with_attempts_0_to_3_then_fail_fast_with_retry_limit_reached(hung_pool, caplog,
                                                                                                counter):
@@ -119,6 +120,7 @@ def test_fail_fast_log_lines_name_the_retry_the_refusal_and_the_stuck_job(hung_p
             in messages)
 
 
+@pytest.mark.sqlite_store_only(REDIS_TTL_WINDOW)
 def test_after_a_quiet_window_a_refused_call_gets_a_fresh_cycle_starting_at_attempt_1(hung_pool):
     h = hung_pool(workers=5)
     acme = new_business(h)
@@ -140,6 +142,7 @@ def test_after_a_quiet_window_a_refused_call_gets_a_fresh_cycle_starting_at_atte
     assert len(jobs_of(h, acme, "CAQUIET")) == 5
 
 
+@pytest.mark.sqlite_store_only(REDIS_TTL_WINDOW)
 def test_the_window_slides_so_retries_five_minutes_apart_still_reach_the_limit_of_a_ten_minute_window(hung_pool):
     # With a fixed window (EXPIRE only when the key is created) the key made
     # by retry 1 at T+300 is gone at T+900, retry 3 counts 1 again and the
@@ -335,6 +338,7 @@ def broken_counter_harness(tmp_path, clock, upstream):
     app.stop(grace=0.5)
 
 
+@pytest.mark.sqlite_store_only(REDIS_CANNOT_FAIL_OPEN)
 def test_a_failing_retry_counter_allows_the_retry_and_logs_a_warning(broken_counter_harness, caplog):
     caplog.set_level(logging.WARNING)
     h = broken_counter_harness
@@ -356,6 +360,7 @@ def test_a_failing_retry_counter_allows_the_retry_and_logs_a_warning(broken_coun
 # ---------------------------------------------------------------- a new recording_url
 
 
+@pytest.mark.sqlite_store_only("it is run with each --counter backend, which the Redis store replaces by its own")
 @COUNTERS
 def test_a_new_recording_url_supersedes_the_active_job_deletes_the_counter_and_restarts_at_attempt_0(hung_pool,
                                                                                                      counter):

@@ -23,7 +23,8 @@ from typing import Iterator
 import pytest
 
 from conftest import (
-    ADMIN_TOKEN, FakeClock, Harness, make_settings, request, spawn_recsvc, wait_listening, wait_until,
+    ADMIN_TOKEN, REDIS_CANNOT_FAIL_OPEN, FakeClock, Harness, make_settings, request, spawn_recsvc, wait_listening,
+    wait_until,
 )
 from recsvc.run import app as app_module
 from recsvc.run.app import DATABASE_FILE, App
@@ -205,6 +206,7 @@ def test_a_recordings_folder_that_cannot_be_written_fails_the_job_storage_error(
 BUSY_TIMEOUT = 0.2
 
 
+@pytest.mark.sqlite_store_only("a SQLite write lock")
 def test_a_write_locked_database_answers_503_storage_busy_then_recovers(tmp_path, upstream, monkeypatch, caplog):
     monkeypatch.setattr(app_module, "Store", functools.partial(Store, busy_timeout=BUSY_TIMEOUT))
     clock = FakeClock()
@@ -284,6 +286,7 @@ class DownCounter:
         pass
 
 
+@pytest.mark.sqlite_store_only(REDIS_CANNOT_FAIL_OPEN)
 def test_a_counter_that_raises_allows_the_retry_and_logs_a_warning(tmp_path, upstream, caplog):
     clock = FakeClock()
     counter = DownCounter()

@@ -17,13 +17,14 @@ from contract_steps import (
     retry_counter, shared_harness, wait_for_job, wait_until_running,
 )
 
+from conftest import REDIS_TTL_WINDOW
 from recsvc.demo.audio import sized_wav, tune_for
 
 CONCURRENT = 50
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def live(tmp_path_factory, store_kind):
     """Live workers and quick downloads, shared by tests that never move the clock."""
     yield from shared_harness(tmp_path_factory, workers=2, download_timeout=0.3)
 
@@ -90,6 +91,7 @@ def play_until_refused(h, business, call_sid: str, limit: int = 10) -> int:
     raise AssertionError(f"{call_sid} was never refused in {limit} plays")
 
 
+@pytest.mark.sqlite_store_only(REDIS_TTL_WINDOW)
 def test_per_call_at_most_max_retry_attempts_retry_jobs_plus_the_first_between_two_quiet_windows(make_harness):
     h = make_harness(workers=2, download_timeout=0.3, max_retry_attempts=2, retry_window=600)
     acme = new_business(h)

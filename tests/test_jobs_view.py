@@ -21,7 +21,7 @@ from recsvc.run.jobs import main as jobs_main
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory):
+def svc(tmp_path_factory, store_kind):
     with FakeUpstream() as upstream, running_harness(tmp_path_factory.mktemp("jobs"), upstream,
                                                      download_timeout=30.0) as harness:
         token = harness.business()
@@ -131,6 +131,7 @@ def test_recsvc_jobs_reads_the_token_and_url_from_the_environment(svc):
     (("--business", "2"), []),
     (("--limit", "1"), ["CA-hung"]),
 ], ids=["status", "call", "business", "limit"])
+@pytest.mark.sqlite_store_only("recsvc jobs reads the data dir's SQLite database")
 def test_recsvc_jobs_filters_the_same_from_the_api_and_from_the_data_dir(svc, argv, calls):
     _, from_api, _ = run_jobs(*argv, "--base-url", svc.base_url, "--admin-token", ADMIN_TOKEN)
     code, from_data_dir, err = run_jobs(*argv, "--data-dir", svc.settings.data_dir)
@@ -140,6 +141,7 @@ def test_recsvc_jobs_filters_the_same_from_the_api_and_from_the_data_dir(svc, ar
         assert "(no jobs)" in from_data_dir
 
 
+@pytest.mark.sqlite_store_only("recsvc jobs reads the data dir's SQLite database")
 def test_recsvc_jobs_watch_draws_the_table_again_until_interrupted(svc):
     pauses = []
 
@@ -173,6 +175,7 @@ def test_recsvc_jobs_on_a_data_dir_without_a_database_is_one_line_and_exit_1(tmp
     assert not (tmp_path / "recsvc.sqlite3").exists()
 
 
+@pytest.mark.sqlite_store_only("recsvc jobs reads the data dir's SQLite database")
 def test_python_m_recsvc_jobs_runs_the_command(svc):
     done = subprocess.run([sys.executable, "-m", "recsvc", "jobs", "--data-dir", svc.settings.data_dir,
                            "--status", "completed"], capture_output=True, text=True, cwd=ROOT, timeout=30,

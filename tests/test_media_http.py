@@ -47,7 +47,7 @@ def cache_recording(h, token: str, call_sid: str, body: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
+def harness(tmp_path_factory, store_kind):
     """One recsvc for the read-only tests of this module: each test only plays."""
     with FakeUpstream() as upstream, running_harness(tmp_path_factory.mktemp("media"), upstream) as h:
         yield h

@@ -22,13 +22,13 @@ PROCESSING_FIELDS = {"status", "job_id", "job_status", "attempt", "max_attempts"
 
 
 @pytest.fixture(scope="module")
-def no_workers(tmp_path_factory):
+def no_workers(tmp_path_factory, store_kind):
     """recsvc with --workers 0, shared by the tests that never move the clock."""
     yield from shared_harness(tmp_path_factory, workers=0)
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def live(tmp_path_factory, store_kind):
     """recsvc with live workers, shared by the tests that never move the clock."""
     yield from shared_harness(tmp_path_factory, workers=2, retry_after=3, recovery_retry_after=7,
                               download_timeout=HANG_SECONDS)

@@ -117,7 +117,7 @@ class StandIn:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(tmp_path_factory, store_kind):
     """A live recsvc (in-process, real sockets), a `serve --workers 0` process, and the 500 and 503 stand-ins."""
     upstream = FakeUpstream().start()
     owner = Processes()

@@ -151,7 +151,7 @@ def test_a_wait_beyond_max_wait_is_cut_to_max_wait_and_answers_the_202(make_harn
 
 
 @pytest.fixture(scope="module")
-def hanging_call(tmp_path_factory):
+def hanging_call(tmp_path_factory, store_kind):
     """A call whose job hangs on the upstream, on a server holding at most 0.3 s."""
     with FakeUpstream() as upstream, running_harness(tmp_path_factory.mktemp("parse"), upstream,
                                                      max_wait=0.3, download_timeout=30) as h:

@@ -33,6 +33,7 @@ GOOD = {
     "allow_upstream": ("api.twilio.com,loopback", ("api.twilio.com", "loopback")),
     "admin_token": ("an-admin-token-of-some-length", "an-admin-token-of-some-length"),
     "counter": ("redis://127.0.0.1:6379/2", "redis://127.0.0.1:6379/2"),
+    "store": ("redis://127.0.0.1:6379/3", "redis://127.0.0.1:6379/3"),
     "idle_timeout": ("4.5", 4.5),
     "max_connections": ("10", 10),
     "trusted_proxies": ("127.0.0.1, 10.0.0.0/8", ("127.0.0.1/32", "10.0.0.0/8")),
@@ -90,7 +91,7 @@ def test_a_flag_beats_its_variable(name):
     text, value = GOOD[name]
     env_text = {"admin_token": "a-different-admin-token", "allow_upstream": "example.com",
                 "counter": "memory://", "host": "127.0.0.1", "data_dir": "/elsewhere",
-                "trusted_proxies": "::1"}.get(name, "3")
+                "trusted_proxies": "::1", "store": "redis://127.0.0.1:6379/4"}.get(name, "3")
     built = load_settings({name: text}, {ROWS[name].env: env_text})
     assert getattr(built, name) == value
     assert getattr(load_settings({}, {ROWS[name].env: env_text}), name) != value  # the variable alone differs
@@ -190,6 +191,7 @@ def refused(tmp_path_factory):
     cases = [(["--job-timeout", "-1"], {}), ([], {"RECSVC_JOB_TIMEOUT": "-1"}),
              (["--admin-token", "short-secret"], {})]
     cases += [tuple(p.values[:2]) for p in BAD_PROCESS + SECRET_PROCESS]
+    cases += [(["--store", bad], {}) for bad in BAD_STORES] + [(STORE_AND_COUNTER, {})]
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
     running = {}
     for args, env in cases:
@@ -253,6 +255,26 @@ def test_a_sqlite_counter_naming_something_is_refused_saying_where_the_counter_l
                       "database), got 'sqlite://x'\n")
 
 
+BAD_STORES = ("sqlite://x", "mysql://127.0.0.1/0", "redis://127.0.0.1:6379/db")
+STORE_AND_COUNTER = ["--store", "redis://127.0.0.1:6379/0", "--counter", "redis://:pw@127.0.0.1:6379/1"]
+
+
+def test_the_store_is_sqlite_or_a_redis_url(refused):
+    assert load_settings({}, {}).store == "sqlite://"
+    for bad in BAD_STORES:
+        status, stderr, _ = refused(["--store", bad], {})
+        assert status == 2
+        assert stderr.startswith("recsvc: error: --store must be ") and len(stderr.splitlines()) == 1, stderr
+
+
+def test_a_counter_beside_a_redis_store_is_refused_since_the_store_keeps_the_count(refused):
+    status, stderr, _ = refused(STORE_AND_COUNTER, {})
+    assert status == 2
+    assert stderr == ("recsvc: error: --counter cannot be given with --store redis://: the retry counter lives in "
+                      "the store's Redis, got (hidden)\n")
+    assert load_settings({"store": "redis://127.0.0.1:6379/0", "processes": "2"}, {}).processes == 2
+
+
 def test_a_short_admin_token_is_refused_without_echoing_it(refused):
     status, stderr, _ = refused(["--admin-token", "short-secret"], {})
     assert status == 2
@@ -279,7 +301,7 @@ def test_port_zero_picks_a_free_port_prints_the_listening_line_and_answers_healt
 def test_serve_accepts_every_flag_of_the_table_at_once(tmp_path):
     args = []
     for name, (text, _value) in GOOD.items():
-        if name in ("host", "port", "data_dir"):
+        if name in ("host", "port", "data_dir", "store"):  # a Redis store: tests/test_redis_store.py starts one
             continue
         args += [ROWS[name].flag, text]
     proc = spawn_recsvc("serve", tmp_path / "data", "--host", "127.0.0.1", "--port", "0", *args)

@@ -8,6 +8,7 @@ import urllib.parse
 
 import pytest
 
+from conftest import READS_SQLITE
 from recsvc.demo.audio import tune_for
 from recsvc.core.twilio import compute_signature
 
@@ -118,6 +119,7 @@ def test_an_absent_or_failed_recording_stores_the_call_without_url(twilio, statu
     assert answer.status == 404 and answer.json["error"] == "no_recording_url"
 
 
+@pytest.mark.sqlite_store_only(READS_SQLITE)
 def test_the_auth_token_is_never_returned_and_register_needs_the_admin_token(twilio):
     svc, token = twilio
     body = {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN}

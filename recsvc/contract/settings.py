@@ -129,6 +129,7 @@ class Settings:
     allow_upstream: tuple[str, ...] = ("api.twilio.com",)
     admin_token: str | None = None
     counter: str = "memory://"
+    store: str = "sqlite://"
     idle_timeout: float = 15.0
     max_connections: int = 256
     shutdown_grace: float = 10.0
@@ -222,6 +223,15 @@ def _counter_url(text: str) -> str:
     raise ValueError("must be memory://, sqlite:// or redis://host:port/db")
 
 
+def _store_url(text: str) -> str:
+    if text == "sqlite://":
+        return text
+    if text.startswith("redis://"):
+        parse_redis_url(text)  # raises ValueError with a reason that never repeats a password
+        return text
+    raise ValueError("must be sqlite:// (the data dir's database) or redis://host:port/db")
+
+
 def _log_format(text: str) -> str:
     if text not in ("text", "json"):
         raise ValueError("must be text or json")
@@ -266,6 +276,7 @@ SETTINGS: tuple[SettingRow, ...] = (
     SettingRow("shutdown_grace", "--shutdown-grace", "RECSVC_SHUTDOWN_GRACE", _positive_number, "on SIGTERM, how long in-flight downloads may take to finish"),
     SettingRow("log_format", "--log-format", "RECSVC_LOG_FORMAT", _log_format, "text, or json: one JSON object per line (time, level, logger, message, exception)"),
     SettingRow("trusted_proxies", "--trusted-proxies", "RECSVC_TRUSTED_PROXIES", parse_networks, "comma list of proxy addresses or CIDRs whose Forwarded / X-Forwarded-* headers are believed; default none"),
+    SettingRow("store", "--store", "RECSVC_STORE", _store_url, "where businesses, calls and jobs live: sqlite:// (the data dir's database) or redis://host:port/db, shared by several nodes"),
     SettingRow("processes", "--processes", "RECSVC_PROCESSES", _integer(1), "serving processes sharing the listening socket (serve only); above 1 needs a shared --counter"),
 )
 
@@ -309,7 +320,11 @@ def load_settings(flags: Mapping[str, str | None] | argparse.Namespace,
     if unknown:
         raise TypeError(f"unknown settings: {sorted(unknown)}")
     settings = Settings(**values)
-    if settings.processes > 1 and settings.counter == "memory://":
+    if settings.store != "sqlite://" and settings.counter != "memory://":
+        # The Redis store counts retries on its own server, in the same script as the job they create.
+        raise SettingsError(f"--counter cannot be given with --store redis://: the retry counter lives in the "
+                            f"store's Redis, got {'(hidden)' if '@' in settings.counter else settings.counter}")
+    if settings.processes > 1 and settings.counter == "memory://" and settings.store == "sqlite://":
         # memory:// counts in one process: N processes would each allow max-retry-attempts.
         raise SettingsError(f"--processes {settings.processes} needs a retry counter the processes share: "
                             "--counter sqlite:// or redis://host:port/db, got memory://")

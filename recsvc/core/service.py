@@ -44,7 +44,7 @@ from ..contract.model import STUCK, SUPERSEDED, TWILIO_CREDENTIALS, Call, Job, R
 from ..contract.settings import Settings
 from ..storage.counter import CounterError, RetryCounter, retry_key
 from ..storage.files import HOSTNAME, TEMP_SUFFIX, RecordingFiles
-from ..storage.store import Store, StoreBusy, StoreError, Tx
+from ..storage.store import PlaySnapshot, Store, StoreBusy, StoreError, Tx
 from .links import LinkSigner
 from .metrics import Metrics
 from .twilio import RecordingStatus, media_url
@@ -138,8 +138,10 @@ class RecordingService:
         # CPU under the GIL: one request at a time through it, instead of every
         # connection thread at once, serves more 202 polls with a lower p99 (docs/measurements.md).
         # Nothing that can block for long (write locks, held requests, the counter,
-        # sending) runs inside it.
-        self._read_gate = threading.Lock()
+        # sending) runs inside it. A store across the network (Redis) makes the snapshot a
+        # round trip: holding the gate through it would serve one poll per round trip, so
+        # there is no gate then.
+        self._read_gate = contextlib.nullcontext() if store.remote else threading.Lock()
         self.on_job_queued = on_job_queued
         self.on_job_ended = on_job_ended
         self._counter_state_lock = threading.Lock()  # guards _counter_failing
@@ -198,13 +200,16 @@ class RecordingService:
                 facts = PlayFacts(business_id is not None, valid, None, False, None, False)
                 return PlayResult(decide_play(facts, self.clock(), self.settings))
             with self.store.single() as tx:  # the hot 202 poll: one statement, no transaction to open
-                facts, recording, handle = self._facts(tx, business_id, request.call_sid)
+                snapshot = tx.play_snapshot(business_id, request.call_sid, self.clock())
+            facts, recording, handle = self._facts(snapshot)
             outcome = decide_play(facts, self.clock(), self.settings)
         if recording is not None and handle is None:
             self._drop_vanished(recording)
         if isinstance(outcome, NoLiveWorker):
             self._check_heartbeats_writable()
-        if isinstance(outcome, (FirstJob, RetryNeeded, NoLiveWorker)):  # rows 7, 8, 10: write
+        if isinstance(outcome, (FirstJob, RetryNeeded, NoLiveWorker)) and self.store.optimistic:
+            result = self._play_by_snapshot(business_id, request.call_sid, snapshot, outcome)  # rows 7, 8, 10
+        elif isinstance(outcome, (FirstJob, RetryNeeded, NoLiveWorker)):  # rows 7, 8, 10: write
             result = self._play_with_effects(business_id, request.call_sid, facts, outcome)
         else:
             result = self._result(outcome, recording, handle)
@@ -225,7 +230,8 @@ class RecordingService:
             left = held.until - time.monotonic()
             ended = left > 0 and self.waiters.wait(held.job_id, left, client_gone)
             with self.store.single() as tx:
-                facts, recording, handle = self._facts(tx, held.business_id, held.call_sid)
+                snapshot = tx.play_snapshot(held.business_id, held.call_sid, self.clock())
+            facts, recording, handle = self._facts(snapshot)
             outcome = decide_play(facts, self.clock(), self.settings)
             if isinstance(outcome, NoLiveWorker):
                 self._check_heartbeats_writable()
@@ -260,8 +266,8 @@ class RecordingService:
             return PlayResult(outcome, job=outcome.job, attempt=outcome.job.attempt)
         return PlayResult(outcome)
 
-    def _facts(self, tx: Tx, business_id: int, call_sid: str) -> tuple[PlayFacts, Recording | None, BinaryIO | None]:
-        snapshot = tx.play_snapshot(business_id, call_sid, self.clock())
+    def _facts(self, snapshot: PlaySnapshot | None) -> tuple[PlayFacts, Recording | None, BinaryIO | None]:
+        """The decision's facts from a snapshot, with the cached file opened when it is intact."""
         if snapshot is None:
             return PlayFacts(True, True, None, False, None, False), None, None
         recording = snapshot.recording
@@ -305,7 +311,7 @@ class RecordingService:
         queued = False
         with self.store.writing() as tx:
             now = self.clock()
-            facts, recording, handle = self._facts(tx, business_id, call_sid)
+            facts, recording, handle = self._facts(tx.play_snapshot(business_id, call_sid, now))
             # The snapshot's decision stands on the same facts; another request wrote in between otherwise.
             outcome = decided if facts == seen else decide_play(facts, now, self.settings)
             call = facts.call
@@ -340,6 +346,80 @@ class RecordingService:
             self.on_job_ended(stuck[0].id)  # wake requests held on the job that was just failed
         return result
 
+    APPLY_TRIES = 8  # decisions a request may take before it answers 503 storage_busy: the call kept changing
+
+    def _play_by_snapshot(self, business_id: int, call_sid: str, snapshot: PlaySnapshot,
+                          outcome: PlayOutcome) -> PlayResult:
+        """Rows 7, 8 and 10 on a store that applies a decision by compare-and-set (the Redis store).
+
+        The decision taken on ``snapshot`` is applied by one script if the snapshot
+        still holds there; otherwise the script hands back the snapshot as it is now,
+        and that is decided again. The retry counter is in the snapshot and counted by
+        the same script, so N nodes create one job and count one retry, as one does.
+        """
+        for _ in range(self.APPLY_TRIES):
+            now = self.clock()
+            call = snapshot.call
+            stuck = getattr(outcome, "stuck", None)
+            insert, number, verdict = "", 0, None
+            if isinstance(outcome, NoLiveWorker):                               # row 7
+                if outcome.create_job:
+                    insert, number = "fixed", snapshot.latest_job.attempt if snapshot.latest_job else 0
+            elif isinstance(outcome, FirstJob):                                 # row 10a (after row 8)
+                insert = "fixed"
+            elif not outcome.counts:                                            # row 10b, storage_error
+                insert, number = "fixed", outcome.last_job.attempt
+            else:                                                               # rows 10b / 10c
+                number = self._attempts_on_record(outcome.last_job, now)
+                verdict = self._retry_verdict(call, outcome, snapshot.retry_count or 0, number, now)
+                insert = "count" if isinstance(verdict, RetryAllowed) else ""
+            with self.store.writing() as tx:
+                applied = tx.apply_play(business_id, call_sid, now, snapshot, stuck=stuck, insert=insert,
+                                        number=number, window=self.settings.retry_window,
+                                        probe=isinstance(outcome, NoLiveWorker) and not insert)
+            if not applied[0]:  # another request or worker changed the call: decide on what is there now
+                snapshot = applied[1]
+                facts, recording, handle = self._facts(snapshot)
+                outcome = decide_play(facts, self.clock(), self.settings)
+                if recording is not None and handle is None:
+                    self._drop_vanished(recording)
+                if isinstance(outcome, NoLiveWorker):
+                    self._check_heartbeats_writable()
+                if not isinstance(outcome, (FirstJob, RetryNeeded, NoLiveWorker)):
+                    return self._result(outcome, recording, handle)
+                continue
+            _, stuck_failed, job, attempt = applied
+            if stuck_failed:
+                self._stuck_note(*stuck)()
+                self.on_job_ended(stuck[0].id)
+            if job is not None:
+                self.on_job_queued()
+            if isinstance(outcome, NoLiveWorker):
+                return PlayResult(outcome, job=job, attempt=job.attempt if job else 0)
+            if isinstance(outcome, FirstJob):
+                return PlayResult(outcome, job=job, attempt=0)
+            if verdict is None:
+                self._storage_retry_note(call, job, outcome.last_job)()
+                return PlayResult(StorageRetry(), job=job, attempt=job.attempt)
+            if isinstance(verdict, RetryRefused):
+                self._refused_note(call, outcome, verdict)()
+                return PlayResult(verdict, job=outcome.last_job, attempt=verdict.attempts)
+            self._retry_note(call, attempt)()
+            return PlayResult(verdict, job=job, attempt=attempt)
+        raise StoreBusy(f"call_sid={call_sid} kept changing while its answer was decided")
+
+    def _retry_verdict(self, call: Call, outcome: RetryNeeded, counted: int, floor: int,
+                       now: float) -> RetryAllowed | RetryRefused:
+        """Rows 10b / 10c from the retry count read with the snapshot, over the jobs' floor."""
+        attempts = max(counted, floor)
+        ttl = None
+        if attempts >= self.settings.max_retry_attempts:
+            ttl = self._window_left(outcome.last_job, now)
+            if counted >= floor:
+                with contextlib.suppress(CounterError):
+                    ttl = self.counter.ttl(retry_key(call.business_id, call.call_sid))
+        return decide_retry(attempts, ttl, outcome.last_failure, self.settings)
+
     def _insert_job(self, tx: Tx, call: Call, attempt: int, now: float) -> Job:
         job_id = tx.insert_job(call.business_id, call.call_sid, call.recording_url, attempt, now)
         return tx.get_job(job_id)
@@ -348,12 +428,33 @@ class RecordingService:
         """Fail a stuck job; its [STUCK] line and metric wait in ``committed`` for the commit (CONTRACT 3)."""
         if not tx.fail_job(job.id, job.status, STUCK, reason, now):
             return False
+        committed.append(self._stuck_note(job, reason))
+        return True
 
+    def _stuck_note(self, job: Job, reason: str) -> Callable[[], None]:
         def note() -> None:
             self.metrics.stuck_job(stuck_kind(reason))
             log.warning("[STUCK] job=%d call_sid=%s reason=%s", job.id, job.call_sid, reason)
-        committed.append(note)
-        return True
+        return note
+
+    def _refused_note(self, call: Call, outcome: RetryNeeded, verdict: RetryRefused) -> Callable[[], None]:
+        what = "Worker not processing queue" if outcome.last_failure == STUCK else "Recording download failed"
+
+        def refused() -> None:
+            self.metrics.fail_fast_trip(verdict.error)
+            log.warning("[FAIL_FAST] %s after %d attempts call_sid=%s", what, verdict.attempts, call.call_sid)
+        return refused
+
+    def _retry_note(self, call: Call, attempt: int) -> Callable[[], None]:
+        def note() -> None:
+            self.metrics.retry()
+            log.warning("[FAIL_FAST] Retry attempt %d/%d for call_sid=%s", attempt,
+                        self.settings.max_retry_attempts, call.call_sid)
+        return note
+
+    def _storage_retry_note(self, call: Call, job: Job, replaced: Job) -> Callable[[], None]:
+        return lambda: log.warning("call_sid=%s job=%d replaces job=%d, failed storage_error; not counted as a "
+                                   "retry", call.call_sid, job.id, replaced.id)
 
     def _counter_failed(self, exc: Exception, consequence: str) -> None:
         """A counter without a fallback (sqlite://, whose faults are the database's) fails open,
@@ -377,9 +478,7 @@ class RecordingService:
                committed: list[Callable[[], None]], counted: list[str]) -> PlayResult:
         if not outcome.counts:  # CONTRACT 4: storage_error is the host's fault; the counter is not touched
             job = self._insert_job(tx, call, outcome.last_job.attempt, now)
-            committed.append(lambda: log.warning("call_sid=%s job=%d replaces job=%d, failed storage_error; "
-                                                 "not counted as a retry", call.call_sid, job.id,
-                                                 outcome.last_job.id))
+            committed.append(self._storage_retry_note(call, job, outcome.last_job))
             return PlayResult(StorageRetry(), job=job, attempt=job.attempt)
         key = retry_key(call.business_id, call.call_sid)
         # The jobs table, which every process shares, is a floor under the counter: a counter
@@ -398,13 +497,7 @@ class RecordingService:
             attempts, ttl = None, None
         verdict = decide_retry(attempts, ttl, outcome.last_failure, self.settings)
         if isinstance(verdict, RetryRefused):
-            what = ("Worker not processing queue" if outcome.last_failure == STUCK
-                    else "Recording download failed")
-
-            def refused() -> None:
-                self.metrics.fail_fast_trip(verdict.error)
-                log.warning("[FAIL_FAST] %s after %d attempts call_sid=%s", what, verdict.attempts, call.call_sid)
-            committed.append(refused)
+            committed.append(self._refused_note(call, outcome, verdict))
             return PlayResult(verdict, job=outcome.last_job, attempt=verdict.attempts)
         try:
             attempt = max(self.counter.incr_and_expire(key, self.settings.retry_window), floor + 1)
@@ -414,12 +507,7 @@ class RecordingService:
             self._counter_failed(exc, "allowing the retry")
             attempt = outcome.last_job.attempt + 1
         job = self._insert_job(tx, call, attempt, now)
-
-        def note() -> None:
-            self.metrics.retry()
-            log.warning("[FAIL_FAST] Retry attempt %d/%d for call_sid=%s", attempt,
-                        self.settings.max_retry_attempts, call.call_sid)
-        committed.append(note)
+        committed.append(self._retry_note(call, attempt))
         return PlayResult(verdict, job=job, attempt=attempt)
 
     def _attempts_on_record(self, last_job: Job, now: float) -> int:
@@ -447,31 +535,14 @@ class RecordingService:
         retry counter (CONTRACT 6); ``queue_now`` queues its download at once (webhooks)."""
         if recording_url is not None:
             check_recording_url(recording_url, self.settings.allow_upstream)
-        dropped: Recording | None = None
-        url_changed = queued = False
         with self.store.writing() as tx:
-            now = self.clock()
-            call = tx.get_call(business_id, call_sid)
-            created = call is None
-            if created:
-                tx.insert_call(business_id, call_sid, recording_url, credentials, now)
-            elif call.recording_url != recording_url:
-                url_changed = True
-                tx.update_call_url(business_id, call_sid, recording_url, credentials, now)
-                for job in tx.active_jobs_of_call(business_id, call_sid):
-                    tx.fail_job(job.id, job.status, SUPERSEDED, "the call was given a new recording_url", now)
-                dropped = tx.get_recording(business_id, call_sid)
-                if dropped is not None:
-                    tx.delete_recording(business_id, call_sid)
-            if queue_now and recording_url and not tx.active_jobs_of_call(business_id, call_sid) \
-                    and tx.latest_job_for_url(business_id, call_sid, recording_url) is None:
-                tx.insert_job(business_id, call_sid, recording_url, 0, now)
-                queued = True
+            created, url_changed, dropped, queued = tx.put_call(business_id, call_sid, recording_url, credentials,
+                                                                self.clock(), queue_now)
             view = self._call_view(tx, business_id, call_sid)
         if queued:
             self.on_job_queued()
         if dropped is not None:
-            self.files.remove(dropped.path)
+            self.files.remove(dropped)
         if url_changed:  # a new URL starts a fresh history (CONTRACT 6)
             try:
                 self.counter.delete(retry_key(business_id, call_sid))
@@ -505,13 +576,10 @@ class RecordingService:
         Raises ``TwilioAccountTaken`` when another business already has this account
         (CONTRACT 6: 409): one account signs for one business only."""
         with self.store.writing() as tx:
-            if not tx.business_exists(business_id):
-                return False
-            holder = tx.twilio_account_by_sid(account_sid)
-            if holder is not None and holder.business_id != business_id:
-                raise TwilioAccountTaken(account_sid)
-            tx.upsert_twilio_account(account_sid, business_id, auth_token, media_format)
-        return True
+            registered = tx.register_twilio_account(account_sid, business_id, auth_token, media_format)
+        if registered == "taken":
+            raise TwilioAccountTaken(account_sid)
+        return registered == "ok"
 
     def twilio_account(self, account_sid: str) -> TwilioAccount | None:
         with self.store.reading() as tx:
@@ -552,6 +620,21 @@ class RecordingService:
         for job_id in ended:
             self.on_job_ended(job_id)
         return len(ended)
+
+    def fail_lost_leases(self) -> int:
+        """A store of leases (Redis): fail the running jobs of every worker whose lease expired, on
+        whichever node it ran (CONTRACT 4, heartbeat lost). Judged by the server's clock, so the
+        nodes' clocks need not agree to the second. Not while this node saw the store fail within
+        the liveness window: no worker could renew its lease then, and each gets that long to do so."""
+        if self.store.fault_within(self.settings.liveness_window) is not None:
+            return 0
+        with self.store.writing() as tx:
+            failed = tx.fail_lost_leases(STUCK, "worker heartbeat lost ", self.clock())
+        for job_id, call_sid, reason in failed:
+            self.metrics.stuck_job(stuck_kind(reason))
+            log.warning("[STUCK] job=%d call_sid=%s reason=%s (its worker's lease expired)", job_id, call_sid, reason)
+            self.on_job_ended(job_id)
+        return len(failed)
 
     def jobs(self, call_sid: str | None, business_id: int | None, limit: int = 200, *,
              status: str | None = None, since: float | None = None) -> list[dict]:

@@ -96,8 +96,7 @@ def recover_orphans(store: Store, files: RecordingFiles, clock: Clock, own_worke
             same_pid_other_run = pid == os.getpid() and job.worker_id != own_worker_id
             if process_alive(pid) and not same_pid_other_run:
                 continue
-            if tx.fail_job(job.id, "running", ORPHANED, "worker restarted", now):
-                tx.insert_job(job.business_id, job.call_sid, job.recording_url, job.attempt, now)
+            if tx.replace_job(job, ORPHANED, "worker restarted", now) is not None:
                 replaced.append(job)
         for worker_id, host, pid, *_ in tx.all_workers():
             if host == HOSTNAME and worker_id != own_worker_id and (pid == os.getpid() or not process_alive(pid)):
@@ -155,9 +154,10 @@ class WorkerPool:
 
     def register(self) -> None:
         """Write this process's worker row (a first heartbeat)."""
+        self.started_at = self.clock()
         with self.store.writing() as tx:
             tx.upsert_worker(self.worker_id, HOSTNAME, os.getpid(), self.threads,
-                             self.heartbeat_interval, self.clock())
+                             self.heartbeat_interval, self.started_at)
 
     def start(self) -> None:
         self.register()
@@ -253,8 +253,9 @@ class WorkerPool:
             in_flight = {job_id: running for job_id, running in self._running.items() if not running.settled}
             unrecorded = list(self._unrecorded.values())
         now = self.clock()
+        lease = (HOSTNAME, os.getpid(), self.threads, self.heartbeat_interval, self.started_at)
         with self.store.writing() as tx:
-            mine = tx.beat(self.worker_id, now)
+            mine = tx.beat(self.worker_id, now, lease=lease)
             recorded = [(job, code, message) for job, code, message in unrecorded
                         if tx.fail_owned_job(job.id, self.worker_id, code, message, now)]
         self.heartbeat_outage.worked()
@@ -367,27 +368,54 @@ class WorkerPool:
 
     def _publish(self, job: Job, temp, temp_path: str, got) -> bool:
         """Rename the file into place and record it; False when the job is no longer ours."""
-        relative = self.files.relative_path(job.business_id, job.call_sid, AUDIO_TYPES[got.content_type])
+        extension = AUDIO_TYPES[got.content_type]
         now = self.clock()
+        if self.store.unique_file_names:
+            return self._publish_own_name(job, temp, temp_path, got, extension, now)
+        relative = self.files.relative_path(job.business_id, job.call_sid, extension)
         # The rename happens under the write lock after the ownership check,
         # so a job that lost its place never replaces a newer file.
         with self.store.writing() as tx:
             if not tx.owns_job(job.id, self.worker_id):
-                log.warning("job=%d call_sid=%s finished but is no longer ours; nothing recorded",
-                            job.id, job.call_sid)
+                self._not_ours(job)
                 return False
             previous = tx.get_recording(job.business_id, job.call_sid)
             self.files.publish(temp, temp_path, relative)
             tx.upsert_recording(Recording(job.business_id, job.call_sid, job.recording_url, relative,
                                           got.size, got.sha256, got.content_type, now), now)
             tx.complete_owned_job(job.id, self.worker_id, now)
-        if previous is not None and previous.path != relative:
-            self.files.remove(previous.path)
+        self._published(job, got, previous.path if previous is not None else None, relative)
+        return True
+
+    def _publish_own_name(self, job: Job, temp, temp_path: str, got, extension: str, now: float) -> bool:
+        """A store without a lock to hold across the rename (the Redis store): the file is renamed
+        into a name of this job's own, then recorded by one compare-and-set on the job's owner; a job
+        that lost its place removes its file, and never replaces the file of a newer one."""
+        relative = self.files.relative_path(job.business_id, job.call_sid, extension, job_id=job.id)
+        self.files.publish(temp, temp_path, relative)
+        recording = Recording(job.business_id, job.call_sid, job.recording_url, relative, got.size, got.sha256,
+                              got.content_type, now)
+        # A store fault here leaves the file where it is: the script may have run before the reply was
+        # lost, and then the row names it. It is whole either way, and unnamed it is never served.
+        with self.store.writing() as tx:
+            completed, previous = tx.complete_job(job.id, self.worker_id, recording, now)
+        if not completed:
+            self.files.remove(relative)
+            self._not_ours(job)
+            return False
+        self._published(job, got, previous, relative)
+        return True
+
+    def _not_ours(self, job: Job) -> None:
+        log.warning("job=%d call_sid=%s finished but is no longer ours; nothing recorded", job.id, job.call_sid)
+
+    def _published(self, job: Job, got, previous: str | None, relative: str) -> None:
+        if previous is not None and previous != relative:
+            self.files.remove(previous)
         if self.on_stored is not None:
             self.on_stored(job)
         self.metrics.job_finished("completed")
         log.info("job=%d call_sid=%s completed: %d bytes %s", job.id, job.call_sid, got.size, got.content_type)
-        return True
 
     def _fail(self, job: Job, code: str, message: str) -> None:
         try:

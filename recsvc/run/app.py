@@ -21,7 +21,7 @@ import threading
 from typing import Callable
 
 from ..contract.clock import Clock, system_clock
-from ..contract.settings import Settings
+from ..contract.settings import Settings, parse_redis_url
 from ..core.cache import RecordingCache
 from ..core.links import LinkSigner, load_secret
 from ..core.metrics import Metrics
@@ -37,6 +37,8 @@ from ..storage.counter import RetryCounter
 from ..storage.counters import open_counter
 from ..storage.files import RecordingFiles
 from ..storage.private_files import private_database, private_dir
+from ..storage.redis_counter import RedisCounter
+from ..storage.redis_store import RedisStore
 from ..storage.store import StorageOutage, Store, StoreError
 from .metrics_exchange import MetricsExchange
 
@@ -84,17 +86,16 @@ class App:
         self.settings = settings
         self.clock = clock
         private_dir(settings.data_dir)  # CONTRACT 6: 0700, the database and secrets in it 0600
-        private_database(os.path.join(settings.data_dir, DATABASE_FILE))
-        database = os.path.join(settings.data_dir, DATABASE_FILE)
-        try:
-            self.store = Store(database)
-        except Exception as exc:  # not SQLite, a newer schema, ...: the operator's line names the file
-            raise StartError(f"the database {database} cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
+        self.store = self._open_store(settings)
         self.files = RecordingFiles(settings.data_dir)
         self.metrics = Metrics(process=str(process_index) if settings.processes > 1 else None)
         self.exchange: MetricsExchange | None = None
         if settings.processes > 1:
             self.exchange = MetricsExchange(settings.data_dir, process_index, settings.processes, self.metrics.families)
+        if counter is None and self.store.optimistic:
+            # The Redis store counts retries on its own server, in the script that queues the retry;
+            # this counter reads and resets the same keys. No fallback: the store cannot fail open.
+            counter = RedisCounter(settings.store)
         self.counter = counter if counter is not None else open_counter(settings.counter, clock, store=self.store,
                                                                         on_outage=self.metrics.counter_outage)
         self.metrics.add_gauges(self._counter_gauges)
@@ -121,6 +122,21 @@ class App:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
 
+    @staticmethod
+    def _open_store(settings: Settings) -> Store | RedisStore:
+        """The store ``--store`` names: the data dir's SQLite database, or a Redis server."""
+        if settings.store != "sqlite://":
+            try:
+                return RedisStore(settings.store)
+            except Exception as exc:  # unreachable, AUTH refused, a newer layout: one line names the store
+                raise StartError(f"the store {parse_redis_url(settings.store)} cannot be used: {exc}") from None
+        database = os.path.join(settings.data_dir, DATABASE_FILE)
+        private_database(database)
+        try:
+            return Store(database)
+        except Exception as exc:  # not SQLite, a newer schema, ...: the operator's line names the file
+            raise StartError(f"the database {database} cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
+
     # ---- lifecycle
 
     def start(self, http: bool = True, *, listen_socket: socket.socket | None = None) -> "App":
@@ -141,7 +157,11 @@ class App:
         return self
 
     def _start_parts(self, http: bool, first: bool) -> None:
-        if first:
+        if first and self.store.leases:
+            # Nodes on several machines: a dead worker's jobs are failed when its lease expires, by any
+            # node (fail_lost_leases), not by asking whether a pid of this host is alive.
+            self.files.remove_dead_temp_files(own_pid=os.getpid())
+        elif first:
             worker_id = self.pool.worker_id if self.pool else None
             replaced = recover_orphans(self.store, self.files, self.clock, worker_id)
             if replaced:
@@ -150,9 +170,14 @@ class App:
             self.pool.start()
             self.metrics.add_gauges(self._pool_gauges)
         self.cache.start()
+        if self.store.leases:
+            self._spawn("events", lambda: self.store.listen(self._on_event, self._stopping,
+                                                            self.settings.heartbeat_interval))
         if http:
             if first:
                 self._spawn("sweeper", self._sweep_loop)
+                if self.store.leases:
+                    self._spawn("leases", self._lease_loop)
             # A short poll interval: shutdown() returns within it (tests stop many apps).
             self._spawn("http", lambda: self.http.serve_forever(poll_interval=0.05))
             self.metrics.add_gauges(self._http_gauges)
@@ -180,6 +205,14 @@ class App:
         self.waiters.job_ended(job_id)
         for listener in self.job_end_listeners:
             listener(job_id)
+
+    def _on_event(self, event: str) -> None:
+        """A message of the store's events channel: a job ended or was queued, on any node."""
+        kind, _, job_id = event.partition(":")
+        if kind == "ended" and job_id.isdigit():
+            self.waiters.job_ended(int(job_id))
+        elif kind in ("queued", "subscribed") and self.pool is not None:
+            self.pool.wake()
 
     def _http_gauges(self) -> dict:
         http = self.http
@@ -238,6 +271,18 @@ class App:
         return finished
 
     # ---- the sweeper (CONTRACT 4)
+
+    def _lease_loop(self) -> None:
+        """Every heartbeat interval, fail the jobs of workers whose lease expired (a store of leases)."""
+        outage = StorageOutage("the lease check", log)
+        while not self._stopping.wait(self.settings.heartbeat_interval):
+            try:
+                self.service.fail_lost_leases()
+                outage.worked()
+            except StoreError as exc:
+                outage.failed(exc)
+            except Exception:
+                log.exception("lease check failed")
 
     def _sweep_loop(self) -> None:
         outage = StorageOutage("the sweeper", log)

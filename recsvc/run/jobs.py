@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-url", metavar="URL", help=f"the service (default $RECSVC_BASE_URL or {DEFAULT_BASE_URL})")
     parser.add_argument("--admin-token", metavar="T", help="the admin token (default $RECSVC_ADMIN_TOKEN)")
     parser.add_argument("--data-dir", metavar="DIR", help="read the data dir's database instead of asking the service")
+    parser.add_argument("--store", metavar="URL", help="read the nodes' Redis store (redis://host:port/db) instead of "
+                                                       "asking the service")
     return parser
 
 
@@ -105,6 +107,27 @@ def jobs_from_data_dir(data_dir: str, call_sid: str | None, business_id: int | N
     return [job.to_json() for job in jobs]
 
 
+def jobs_from_store(url: str, call_sid: str | None, business_id: int | None, filters: JobFilters) -> list[dict]:
+    """The jobs of a Redis store (--store redis://), as the admin API lists them."""
+    from ..contract.settings import parse_redis_url
+    from ..storage.redis_store import RedisStore
+
+    try:
+        shown = str(parse_redis_url(url))
+    except ValueError as exc:
+        raise JobsUnavailable(f"--store {exc}") from None
+    try:
+        store = RedisStore(url)
+        try:
+            with store.reading() as tx:
+                jobs = tx.jobs_filtered(call_sid, business_id, filters.status, filters.since, filters.limit)
+        finally:
+            store.close()
+    except Exception as exc:  # unreachable, refused, a newer layout: one line
+        raise JobsUnavailable(f"cannot read {shown}: {exc}") from None
+    return [job.to_json() for job in jobs]
+
+
 def render_table(jobs: list[dict]) -> str:
     """The jobs as aligned columns under a header line; "-" for an empty field."""
     rows = [[title for title, _ in COLUMNS]]
@@ -131,7 +154,10 @@ def main(argv: list[str] | None = None, *, stdout: TextIO | None = None, stderr:
         parser.error(str(exc))
     if args.watch is not None and not args.watch > 0:
         parser.error("--watch takes a positive number of seconds")
-    if args.data_dir is not None:
+    if args.store is not None:
+        def read() -> list[dict]:
+            return jobs_from_store(args.store, args.call, args.business, filters)
+    elif args.data_dir is not None:
         def read() -> list[dict]:
             return jobs_from_data_dir(args.data_dir, args.call, args.business, filters)
     else:

@@ -48,7 +48,11 @@ class RecordingFiles:
         self.root = os.path.join(os.path.abspath(data_dir), "recordings")
         private_dir(self.root)  # call audio: 0700 folders and 0600 files, whatever the umask
 
-    def relative_path(self, business_id: int, call_sid: str, extension: str) -> str:
+    def relative_path(self, business_id: int, call_sid: str, extension: str, job_id: int | None = None) -> str:
+        """Where a call's recording is published; with ``job_id``, a name of that job's own (the Redis
+        store renames before it records, so no two jobs may share a name)."""
+        if job_id is not None:
+            return f"{int(business_id)}/{call_sid}.{int(job_id)}.{extension}"
         return f"{int(business_id)}/{call_sid}.{extension}"
 
     def absolute(self, relative: str) -> str:

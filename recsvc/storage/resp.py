@@ -1,4 +1,4 @@
-"""RESP2, the Redis wire protocol, for the retry counter: commands out, replies in, one connection.
+"""RESP2, the Redis wire protocol, for the retry counter and the Redis store: commands out, replies in, one connection.
 
 Theory of operation. A command goes out as an array of bulk strings
 (``encode_command``); a reply comes back as one of five types (``read_reply``,
@@ -17,7 +17,8 @@ from typing import BinaryIO, Union
 from ..contract.settings import RedisAddress
 
 _MAX_LINE = 64 * 1024  # a status, error or length line; counter replies are tiny
-_MAX_BULK = 1024 * 1024  # a counter value; anything bigger is not ours
+_MAX_BULK = 1024 * 1024  # a counter value or a store row; anything bigger is not ours
+_MAX_ARRAY = 1 << 20  # the Redis store's listings (every active job) are long arrays
 
 
 # ---- RESP2: encoding commands and reading replies, no socket in here ----
@@ -77,7 +78,7 @@ def read_reply(stream: BinaryIO) -> Reply:
         count = _integer(body)
         if count == -1:
             return None
-        if not 0 <= count <= 1024:
+        if not 0 <= count <= _MAX_ARRAY:
             raise RedisProtocolError(f"array length {count} out of range")
         return [read_reply(stream) for _ in range(count)]
     raise RedisProtocolError(f"unknown reply type {line[:40]!r}")
@@ -123,6 +124,10 @@ class RedisConnection:
         """Send every command, then read one reply each (one round trip)."""
         self._sock.sendall(b"".join(encode_command(*c) for c in commands))
         return [read_reply(self._stream) for _ in commands]
+
+    def read(self) -> Reply:
+        """One more reply: a message of a subscription. Raises TimeoutError when none came in time."""
+        return read_reply(self._stream)
 
     def closed_by_server(self) -> bool:
         """True when the socket already holds the server's close (or stray bytes).

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..contract.model import COMPLETED, FAILED, QUEUED, RUNNING, Call, Job, Recording, TwilioAccount
+from ..contract.model import COMPLETED, FAILED, QUEUED, RUNNING, SUPERSEDED, Call, Job, Recording, TwilioAccount
 from ..contract.settings import LIVENESS_BEATS
 from .pool import ConnectionPool, HeldConnections
 
@@ -293,6 +293,10 @@ class PlaySnapshot:
     recording: Recording | None
     latest_job: Job | None       # the newest job for the call's current recording_url
     live_worker: bool
+    # The Redis store's: the snapshot as its script read it, which apply_play compares (recsvc.storage.redis_store),
+    # and the call's retry count, read with it.
+    seen: str | None = None
+    retry_count: int | None = None
 
 
 class StoreError(Exception):
@@ -398,6 +402,17 @@ class Tx:
     def upsert_twilio_account(self, account_sid: str, business_id: int, auth_token: str, media_format: str) -> None:
         self._run("upsert_twilio_account", account_sid, business_id, auth_token, media_format)
 
+    def register_twilio_account(self, account_sid: str, business_id: int, auth_token: str,
+                                media_format: str) -> str:
+        """'ok', 'no_business', or 'taken' when another business holds the account (CONTRACT 6: 409)."""
+        if not self.business_exists(business_id):
+            return "no_business"
+        holder = self.twilio_account_by_sid(account_sid)
+        if holder is not None and holder.business_id != business_id:
+            return "taken"
+        self.upsert_twilio_account(account_sid, business_id, auth_token, media_format)
+        return "ok"
+
     def twilio_account_by_sid(self, account_sid: str) -> TwilioAccount | None:
         row = self._one("twilio_account_by_sid", account_sid)
         return TwilioAccount(*row) if row else None
@@ -417,6 +432,30 @@ class Tx:
     def update_call_url(self, business_id: int, call_sid: str, url: str | None, credentials: str | None,
                         now: float) -> None:
         self._run("update_call_url", url, credentials, now, business_id, call_sid)
+
+    def put_call(self, business_id: int, call_sid: str, url: str | None, credentials: str | None, now: float,
+                 queue_now: bool) -> tuple[bool, bool, str | None, int | None]:
+        """Create or update a call: (created, url changed, dropped file path, queued job id).
+
+        A new URL supersedes the call's active job and drops its recording (CONTRACT 6);
+        ``queue_now`` queues the download of a URL that has no job yet (webhooks)."""
+        call = self.get_call(business_id, call_sid)
+        changed, dropped, queued = False, None, None
+        if call is None:
+            self.insert_call(business_id, call_sid, url, credentials, now)
+        elif call.recording_url != url:
+            changed = True
+            self.update_call_url(business_id, call_sid, url, credentials, now)
+            for job in self.active_jobs_of_call(business_id, call_sid):
+                self.fail_job(job.id, job.status, SUPERSEDED, "the call was given a new recording_url", now)
+            recording = self.get_recording(business_id, call_sid)
+            if recording is not None:
+                self.delete_recording(business_id, call_sid)
+                dropped = recording.path
+        if queue_now and url and not self.active_jobs_of_call(business_id, call_sid) \
+                and self.latest_job_for_url(business_id, call_sid, url) is None:
+            queued = self.insert_job(business_id, call_sid, url, 0, now)
+        return call is None, changed, dropped, queued
 
     # jobs
     def latest_job_for_url(self, business_id: int, call_sid: str, url: str) -> Job | None:
@@ -453,6 +492,13 @@ class Tx:
 
     def fail_owned_job(self, job_id: int, worker_id: str, code: str, message: str, now: float) -> bool:
         return self._run("fail_owned_job", now, code, message, job_id, worker_id) == 1
+
+    def replace_job(self, job: Job, code: str, message: str, now: float) -> int | None:
+        """Fail a running job and queue its replacement with the same attempt and queue place; None
+        when the job was no longer running."""
+        if not self.fail_job(job.id, RUNNING, code, message, now):
+            return None
+        return self.insert_job(job.business_id, job.call_sid, job.recording_url, job.attempt, now)
 
     def complete_owned_job(self, job_id: int, worker_id: str, now: float) -> bool:
         return self._run("complete_owned_job", now, job_id, worker_id) == 1
@@ -502,9 +548,10 @@ class Tx:
     def upsert_worker(self, worker_id: str, host: str, pid: int, threads: int, interval: float, now: float) -> None:
         self._run("upsert_worker", worker_id, host, pid, threads, interval, now, now)
 
-    def beat(self, worker_id: str, now: float) -> set[int]:
+    def beat(self, worker_id: str, now: float, *, lease: tuple = ()) -> set[int]:
         """The per-process heartbeat: the worker row and its running jobs (CONTRACT 4).
-        Returns the ids of the jobs that are still this worker's."""
+        Returns the ids of the jobs that are still this worker's. ``lease`` is the Redis
+        store's (its rows expire); a row here stays until its worker stops."""
         self._run("beat_worker", now, worker_id)
         return {row[0] for row in self._all("beat_running_jobs", now, worker_id)}
 
@@ -614,6 +661,14 @@ class Store:
     per request and download thread holds memory and serves no faster
     (docs/measurements.md).
     """
+
+    # What the Redis store does otherwise (recsvc.storage.redis_store): here a decision is taken and
+    # applied inside BEGIN IMMEDIATE, a file is renamed under the write lock, and a worker's row stays
+    # until its worker stops.
+    optimistic = False
+    unique_file_names = False
+    leases = False
+    remote = False  # a file on this machine: reads cost CPU, not waiting
 
     BUSY_RETRIES = 5
     READ_CONNECTIONS = 4
