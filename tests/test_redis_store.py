@@ -86,6 +86,7 @@ def test_a_job_ended_on_one_node_wakes_a_request_held_on_another_by_the_events_c
     call_with_recording(web_node, acme, "CAWAKE", hang=True)
     first = web_node.play(acme.token, "CAWAKE")
     wait_until_running(web_node, acme, "CAWAKE")
+    assert web_node.upstream.wait_for_hits(f"/{acme.id}/CAWAKE.wav", 1)
     held: list = []
     waiter = threading.Thread(target=lambda: held.append(
         web_node.play(acme.token, "CAWAKE", headers={"Prefer": "wait=20"})))
@@ -241,6 +242,7 @@ def test_a_finished_download_whose_job_was_taken_away_is_not_recorded_and_its_fi
     call_with_recording(a, acme, "CALOST", hang=True)
     assert a.play(acme.token, "CALOST").status == 202
     job = wait_until_running(a, acme, "CALOST")
+    assert a.upstream.wait_for_hits(f"/{acme.id}/CALOST.wav", 1)  # hung at the upstream now
     with a.app.store.writing() as tx:  # another node's sweeper failed it meanwhile
         assert tx.fail_job(job["id"], "running", "stuck", "worker heartbeat lost 1s ago", a.clock())
     a.app.pool.heartbeat = lambda: None  # so the worker finishes instead of abandoning
@@ -289,3 +291,21 @@ def test_recsvc_jobs_reads_a_redis_store_as_the_admin_api_lists_it(nodes, redis_
     redis_server.kill()
     assert jobs_main(["--store", redis_server.url(3)], stdout=out, stderr=err) == 1
     assert err.getvalue().startswith(f"recsvc jobs: cannot read redis://127.0.0.1:{redis_server.port}/3: ")
+
+
+def test_a_redis_that_lost_its_data_is_503_not_a_call_that_does_not_exist(nodes, redis_server):
+    a, = nodes(1, workers=0)
+    acme = new_business(a)
+    call_with_recording(a, acme, "CALOSS")
+    assert a.play(acme.token, "CALOSS").status == 500  # known: row 7, no worker
+    redis_server.cli("FLUSHDB", db=3)  # as a restart without persistence leaves it
+
+    lost = a.play(acme.token, "CALOSS")
+
+    assert (lost.status, lost.json["error"]) == (503, "storage_unavailable")
+    assert a.request("GET", "/readyz").status == 503
+    App(make_settings(a.settings.data_dir, store=redis_server.url(3))).store.close()  # a node started again
+    assert a.play(acme.token, "CALOSS").status == 401  # an empty store now: the business is gone, and says so
+    again = new_business(a)
+    assert again.id == acme.id  # ids start again: the old token must not reach the new business
+    assert a.play(acme.token, "CALOSS").status == 401

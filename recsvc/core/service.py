@@ -148,6 +148,13 @@ class RecordingService:
         self._counter_failing = False
         self._known_tokens_lock = threading.Lock()  # guards _known_tokens
         self._known_tokens: dict[str, int] = {}  # bearer token -> business id, at most KNOWN_TOKENS
+        if store.remote:
+            store.data_lost_listeners.append(self.forget_tokens)
+
+    def forget_tokens(self) -> None:
+        """The store lost its data: a remembered token may name a business id that will be given again."""
+        with self._known_tokens_lock:
+            self._known_tokens.clear()
 
     # ------------------------------------------------------------ businesses
 

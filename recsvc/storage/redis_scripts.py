@@ -10,7 +10,8 @@ and applying a play decision (rows 7, 8 and 10 with the retry counter) on
 the condition that the facts it was decided on still hold.
 
 Every script is ``PRELUDE`` (helpers and the layout of
-``recsvc.storage.redis_keys``) followed by its body. Values are stored as
+``recsvc.storage.redis_keys``), then ``GUARD`` (a server that lost recsvc's
+data answers an error, not "no such call"), then its body. Values are stored as
 the strings the caller passed, never as numbers Lua formatted (``tostring``
 keeps 14 digits): a timestamp read back equals the one written. A value that
 is absent reads as ``false`` and travels as a null bulk string.
@@ -344,6 +345,10 @@ redis.call('HSET', P .. 'twilio:' .. sid, 'business_id', bid, 'auth_token', ARGV
 redis.call('SET', P .. 'twilio:of:' .. bid, sid)
 return 'ok'
 """,
+    # ARGV: token_hash. -> the business id of a token, or nil.
+    "business_for_token": r"""
+return redis.call('HGET', P .. 'business:by-token', ARGV[1])
+""",
     # ARGV: name, token_hash, now. -> the new business's id.
     "insert_business": r"""
 local id = redis.call('INCR', P .. 'next:business')
@@ -443,6 +448,15 @@ return out
 }
 
 
+# Before every script: a server without the layout mark lost recsvc's data (restarted empty, flushed,
+# failed over to an empty replica), and answering from it would tell players their calls do not exist.
+GUARD = r"""
+if redis.call('EXISTS', P .. 'layout') == 0 then
+  return redis.error_reply('NOLAYOUT this Redis holds no recsvc data (restarted empty?)')
+end
+"""
+
+
 def script_source(name: str) -> str:
-    """The whole text of one script: the prelude, then its body."""
-    return PRELUDE % {"beats": LIVENESS_BEATS} + SCRIPTS[name]
+    """The whole text of one script: the prelude, the guard, then its body."""
+    return PRELUDE % {"beats": LIVENESS_BEATS} + GUARD + SCRIPTS[name]

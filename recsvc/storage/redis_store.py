@@ -128,7 +128,7 @@ class RedisTx:
         return self._eval("insert_business", name, token_hash, now)
 
     def business_for_token(self, token_hash: str) -> int | None:
-        return _int(self._command("HGET", K.BUSINESS_BY_TOKEN, token_hash))
+        return _int(self._eval("business_for_token", token_hash))
 
     def business_exists(self, business_id: int) -> bool:
         return self._command("EXISTS", K.business(business_id)) == 1
@@ -347,6 +347,9 @@ class RedisStore:
         self._sources = {name: script_source(name) for name in SCRIPTS}
         self._shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self._sources.items()}
         self.last_fault: tuple[float, StoreError] | None = None
+        # Told when the server turns out to hold no recsvc data: what a process remembers of it
+        # (the service's known tokens) is forgotten, since ids start again in an empty store.
+        self.data_lost_listeners: list[Callable[[], None]] = []
         self._check_layout()
 
     def __repr__(self) -> str:
@@ -513,6 +516,12 @@ class RedisStore:
         text = str(reply)
         if text.startswith("ACTIVE"):
             raise ActiveJobExists(text)
+        if text.startswith("NOLAYOUT"):
+            for listener in self.data_lost_listeners:
+                listener()
+            raise self._remember(StoreUnavailable(
+                f"{self.path} holds no recsvc data (restarted empty, or flushed): restore it, or start a node "
+                "to begin again with an empty store"))
         if text.startswith(("LOADING", "BUSY", "TRYAGAIN")):
             raise self._remember(StoreBusy(f"{self.path} is busy: {text}"))
         # READONLY (a replica), OOM, MISCONF (cannot persist), NOPERM, ...: it cannot take our writes.
