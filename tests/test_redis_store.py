@@ -309,3 +309,25 @@ def test_a_redis_that_lost_its_data_is_503_not_a_call_that_does_not_exist(nodes,
     again = new_business(a)
     assert again.id == acme.id  # ids start again: the old token must not reach the new business
     assert a.play(acme.token, "CALOSS").status == 401
+
+
+def test_the_jobs_of_a_call_sid_are_listed_across_businesses_newest_first_with_filters(redis_server):
+    store = RedisStore(redis_server.url(10))
+    try:
+        with store.writing() as tx:
+            for business in (1, 2):
+                tx.put_call(business, "CA1", f"http://127.0.0.1/{business}.wav", None, 1.0, False)
+            tx.put_call(1, "CA2", "http://127.0.0.1/other.wav", None, 1.0, False)
+            a = tx.insert_job(1, "CA1", "http://127.0.0.1/1.wav", 0, 10.0)
+            tx.insert_job(1, "CA2", "http://127.0.0.1/other.wav", 0, 11.0)
+            b = tx.insert_job(2, "CA1", "http://127.0.0.1/2.wav", 0, 12.0)
+            tx.fail_job(a, "queued", "stuck", "x", 13.0)
+            c = tx.insert_job(1, "CA1", "http://127.0.0.1/1.wav", 1, 14.0)
+            assert [j.id for j in tx.jobs_filtered("CA1", None, None, None, 10)] == [c, b, a]
+            assert [j.id for j in tx.jobs_filtered("CA1", None, "failed", None, 10)] == [a]
+            assert [j.id for j in tx.jobs_filtered("CA1", None, None, 12.0, 10)] == [c, b]
+            assert [j.id for j in tx.jobs_filtered("CA1", None, None, None, 1)] == [c]
+            assert [j.id for j in tx.jobs_filtered("CA1", 1, None, None, 10)] == [c, a]
+            assert [j.id for j in tx.jobs_filtered(None, 2, None, None, 10)] == [b]
+    finally:
+        store.close()

@@ -37,8 +37,6 @@ from ..storage.counter import RetryCounter
 from ..storage.counters import open_counter
 from ..storage.files import RecordingFiles
 from ..storage.private_files import private_database, private_dir
-from ..storage.redis_counter import RedisCounter
-from ..storage.redis_store import RedisStore
 from ..storage.store import StorageOutage, Store, StoreError
 from .metrics_exchange import MetricsExchange
 
@@ -95,6 +93,7 @@ class App:
         if counter is None and self.store.optimistic:
             # The Redis store counts retries on its own server, in the script that queues the retry;
             # this counter reads and resets the same keys. No fallback: the store cannot fail open.
+            from ..storage.redis_counter import RedisCounter  # only the nodes of a Redis store load it
             counter = RedisCounter(settings.store)
         self.counter = counter if counter is not None else open_counter(settings.counter, clock, store=self.store,
                                                                         on_outage=self.metrics.counter_outage)
@@ -123,9 +122,11 @@ class App:
         self._stopping = threading.Event()
 
     @staticmethod
-    def _open_store(settings: Settings) -> Store | RedisStore:
-        """The store ``--store`` names: the data dir's SQLite database, or a Redis server."""
+    def _open_store(settings: Settings) -> Store:
+        """The store ``--store`` names: the data dir's SQLite database, or a Redis server (a RedisStore,
+        which offers the same interface; loaded only then)."""
         if settings.store != "sqlite://":
+            from ..storage.redis_store import RedisStore
             try:
                 return RedisStore(settings.store)
             except Exception as exc:  # unreachable, AUTH refused, a newer layout: one line names the store

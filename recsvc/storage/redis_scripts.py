@@ -397,6 +397,22 @@ local sid, bid, status, since, limit = opt(ARGV[1]), opt(ARGV[2]), opt(ARGV[3]),
 local out = {}
 local source = P .. 'jobs'
 if sid and bid then source = P .. 'jobs:of:' .. bid .. ':' .. sid end
+if sid and not bid then
+  -- one call_sid in every business that has it: its calls' own indexes, not every job there is
+  local ids = {}
+  for _, b in ipairs(redis.call('SMEMBERS', P .. 'calls:by-sid:' .. sid)) do
+    for _, id in ipairs(redis.call('ZRANGE', P .. 'jobs:of:' .. b .. ':' .. sid, 0, -1)) do ids[#ids + 1] = tonumber(id) end
+  end
+  table.sort(ids, function(x, y) return x > y end)
+  for _, id in ipairs(ids) do
+    local row = job_row(id)
+    if row and (not status or row[5] == status) and (not since or tonumber(row[6]) >= tonumber(since)) then
+      out[#out + 1] = row
+      if #out >= limit then break end
+    end
+  end
+  return out
+end
 local start = 0
 while #out < limit do
   local ids = redis.call('ZREVRANGE', source, start, start + 499)
