@@ -283,12 +283,13 @@ class WorkerPool:
 
     def run_once(self) -> bool:
         """Claim and run one job; False when there was nothing to claim."""
+        now = self.clock()
         with self.store.writing() as tx:
-            job = tx.claim_next_job(self.worker_id, self.clock())
+            job = tx.claim_next_job(self.worker_id, now)
         self.claim_outage.worked()
         if job is None:
             return False
-        running = _Running(job, JobCut(self._seconds_left(job)))
+        running = _Running(job, JobCut(self._seconds_left(job, now)))
         with self._busy_lock:
             self._busy += 1
         with self._running_lock:
@@ -302,11 +303,12 @@ class WorkerPool:
                 self._busy -= 1
         return True
 
-    def _seconds_left(self, job: Job) -> float | None:
-        """Time to the job's deadline, ``started_at + job-timeout`` (CONTRACT 4)."""
+    def _seconds_left(self, job: Job, claimed_at: float) -> float | None:
+        """Time to the job's deadline, ``started_at + job-timeout`` (CONTRACT 4), from the claim: the
+        clock read after the claim could already be past a deadline that the claim itself set."""
         if self.job_timeout is None or job.started_at is None:
             return None
-        return job.started_at + self.job_timeout - self.clock()
+        return job.started_at + self.job_timeout - claimed_at
 
     def _run(self, job: Job, running: _Running) -> None:
         started = time.monotonic()
