@@ -313,6 +313,17 @@ class WorkerPool:
     def _run(self, job: Job, running: _Running) -> None:
         started = time.monotonic()
         log.info("job=%d call_sid=%s download started", job.id, job.call_sid)
+        try:
+            failure = self._download(job, running)
+            if failure is not None:  # recorded once the temporary file is gone: a failed job leaves nothing
+                self._fail(job, *failure)
+        finally:
+            self.metrics.observe_job_duration(time.monotonic() - started)
+            if self.on_job_done is not None:
+                self.on_job_done(job)
+
+    def _download(self, job: Job, running: _Running) -> tuple[str, str] | None:
+        """Download and publish the job's recording; the failure to record, if any."""
         temp = temp_path = None
         try:
             temp, temp_path = self.files.create_temp(job.business_id)
@@ -325,13 +336,13 @@ class WorkerPool:
             log.info("job=%d call_sid=%s abandoned: no longer ours; nothing recorded", job.id, job.call_sid)
         except JobDeadlinePassed:
             running.settled = True
-            self._fail(job, STUCK, running_too_long(self.clock() - (job.started_at or self.clock())))
+            return STUCK, running_too_long(self.clock() - (job.started_at or self.clock()))
         except DownloadFailed as exc:
             running.settled = True
-            self._fail(job, exc.code, exc.message)
+            return exc.code, exc.message
         except OSError as exc:
             running.settled = True
-            self._fail(job, STORAGE_ERROR, f"could not store the recording: {exc.strerror or exc}")
+            return STORAGE_ERROR, f"could not store the recording: {exc.strerror or exc}"
         except StoreError as exc:  # the end could not be recorded: the next heartbeat that can write will
             log.warning("job=%d call_sid=%s: its end could not be recorded (%s); kept for the next heartbeat",
                         job.id, job.call_sid, exc)
@@ -339,7 +350,7 @@ class WorkerPool:
         except Exception as exc:  # a fault of ours must not leave the job running until job-timeout
             running.settled = True
             log.exception("job=%d call_sid=%s: unexpected error", job.id, job.call_sid)
-            self._fail(job, DOWNLOAD_FAILED, f"unexpected error: {type(exc).__name__}")
+            return DOWNLOAD_FAILED, f"unexpected error: {type(exc).__name__}"
         finally:
             if temp is not None and not temp.closed:
                 # Closing retries a flush that already failed (disk full): that
@@ -348,9 +359,7 @@ class WorkerPool:
                     temp.close()
             if temp_path is not None:
                 self.files.discard(temp_path)
-            self.metrics.observe_job_duration(time.monotonic() - started)
-            if self.on_job_done is not None:
-                self.on_job_done(job)
+        return None
 
     def _remember_unrecorded(self, job: Job, code: str, message: str) -> None:
         with self._running_lock:
