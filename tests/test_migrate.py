@@ -28,6 +28,7 @@ from redis_server import REDIS_MISSING, RedisServer
 from recsvc.contract.settings import parse_redis_url
 from recsvc.core.twilio import compute_signature
 from recsvc.core.worker import recover_orphans
+from recsvc.demo.audio import tune_for
 from recsvc.demo.fake_upstream import FakeUpstream
 from recsvc.run.app import DATABASE_FILE, App
 from recsvc.storage import migrate as migrate_module
@@ -187,6 +188,7 @@ def moved_copy(source, tmp_path, redis, db: int) -> tuple[str, str]:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("recsvc migrate: moved 2 businesses, 1 Twilio accounts, 11 calls, "), done.stdout
     assert "1 orphaned job(s) failed and replaced" in done.stdout
+    assert redis.cli("GET", "recsvc:layout", db=db) == "1"  # marked, before any node could mark it
     return data_dir, url
 
 
@@ -459,3 +461,26 @@ def test_a_large_data_dir_moves_whole(tmp_path, redis, empty_db):
             assert tx.insert_job(business, "CANEW", "https://api.twilio.com/new.wav", 0, time.time()) == 5001
     finally:
         moved.close()
+
+
+def test_a_cached_file_keeps_its_name_until_a_node_on_redis_downloads_the_call_again(source, tmp_path, redis, empty_db,
+                                                                                   upstream):
+    _, acme, _, _ = source
+    moved_dir, url = moved_copy(source, tmp_path, redis, empty_db)
+    old_file = os.path.join(moved_dir, "recordings", str(acme.id), "CADONE.wav")
+    app = App(make_settings(moved_dir, store=url, **{**NODE, "workers": 2}), clock=FakeClock(start=time.time() + 1))
+    node = Harness(app.start(), app.clock, upstream)
+    try:
+        assert node.play(acme.token, "CADONE").body == open(old_file, "rb").read()  # the SQLite node's file
+        assert node.admin("POST", "/admin/workers/resume").json == {"paused": False}
+        call_with_recording(node, acme, "CADONE", path="/v2/CADONE.wav", body=tune_for("CADONE v2"))
+        again = play_until_cached(node, acme, "CADONE")
+        job_id = jobs_of(node, acme, "CADONE")[0]["id"]
+    finally:
+        upstream.hang_all = False
+        upstream.release()
+        app.stop(grace=0.5)
+    assert again.body == tune_for("CADONE v2")
+    assert not os.path.exists(old_file)  # the new URL dropped it
+    assert [name for name in os.listdir(os.path.dirname(old_file)) if name.startswith("CADONE.")] == \
+        [f"CADONE.{job_id}.wav"]  # named by its job, as every file a node on Redis writes
