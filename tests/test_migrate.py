@@ -428,6 +428,27 @@ def test_a_node_that_starts_on_the_target_during_the_move_leaves_the_move_unappl
     assert sorted(redis.cli("KEYS", "*", db=empty_db).split()) == ["recsvc:control", "recsvc:layout"]
 
 
+def test_a_connection_lost_during_the_move_leaves_nothing_of_it_and_exits_1(source, tmp_path, redis, empty_db,
+                                                                            monkeypatch, capsys):
+    data_dir = copy_of(source, tmp_path, "data")
+    all_commands = migrate_module.move_commands
+
+    def connection_lost_midway(*args, **kwargs):
+        for index, command in enumerate(all_commands(*args, **kwargs)):
+            if index == 40:
+                redis.cli("CLIENT", "KILL", "TYPE", "normal")  # every client but the one asking
+            yield command
+
+    monkeypatch.setattr(migrate_module, "move_commands", connection_lost_midway)
+    status = migrate_module.main(["--from", f"sqlite://{data_dir}", "--to", redis.url(empty_db)],
+                                 database_file=DATABASE_FILE)
+
+    assert status == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stopped answering during the move" in err and "nothing of it was applied" in err
+    assert redis.cli("DBSIZE", db=empty_db) == "0"
+
+
 def test_a_large_data_dir_moves_whole(tmp_path, redis, empty_db):
     """5,000 calls with a job each (every third failed); docs/measurements-style numbers are printed, not asserted."""
     data_dir = tmp_path / "large"

@@ -31,7 +31,7 @@ flags, a source that is not a recsvc data dir (or of another schema version),
 a source a live process is serving (a worker heartbeat fresher than
 LIVENESS_BEATS intervals: stop its nodes first; API-only processes
 (``--workers 0``) leave no heartbeat and are not seen), and a target that
-holds any ``recsvc:`` key or retry counter. Exit status 1: Redis failed
+cannot be reached or holds any ``recsvc:`` key or retry counter. Exit status 1: Redis failed
 during the move, and nothing of it was applied.
 """
 
@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         "data dir whose workers still beat is refused (API-only processes, --workers 0, leave no heartbeat "
         "and are not seen). Then start the nodes with --store redis://... and the same --data-dir: the "
         "recordings stay files there. Exit status: 0 moved, 1 Redis failed during the move (nothing applied), "
-        "2 refused (bad flags, not a data dir, a live node, a target that is not empty)."))
+        "2 refused before writing (bad flags, not a data dir, a live node, a target unreachable or not empty)."))
     parser.add_argument("--from", dest="source", metavar="sqlite://DATA_DIR", required=True,
                         help="the data dir whose recsvc.sqlite3 is moved")
     parser.add_argument("--to", dest="target", metavar="redis://HOST:PORT/DB", required=True,
