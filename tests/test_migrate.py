@@ -428,6 +428,23 @@ def test_a_node_that_starts_on_the_target_during_the_move_leaves_the_move_unappl
     assert sorted(redis.cli("KEYS", "*", db=empty_db).split()) == ["recsvc:control", "recsvc:layout"]
 
 
+def test_an_unused_data_dir_moves_as_an_empty_store_that_nodes_accept(tmp_path, redis, empty_db):
+    data_dir = tmp_path / "unused"
+    data_dir.mkdir()
+    Store(str(data_dir / DATABASE_FILE)).close()  # what a first start leaves before any request
+
+    done = run_migrate("--from", f"sqlite://{data_dir}", "--to", redis.url(empty_db))
+
+    assert done.returncode == 0, done.stderr
+    moved = RedisStore(redis.url(empty_db))
+    try:
+        with moved.writing() as tx:
+            assert tx.insert_business("first", "token-hash-first", time.time()) == 1
+            assert tx.count_jobs_by_status() == {"queued": 0, "running": 0, "completed": 0, "failed": 0}
+    finally:
+        moved.close()
+
+
 def test_a_connection_lost_during_the_move_leaves_nothing_of_it_and_exits_1(source, tmp_path, redis, empty_db,
                                                                             monkeypatch, capsys):
     data_dir = copy_of(source, tmp_path, "data")

@@ -165,7 +165,9 @@ def _orphaned(worker_id: str | None, hosts: dict[str, tuple[str, int]]) -> bool:
 
 def move_commands(conn: sqlite3.Connection, moved: Moved, now: float) -> Iterator[tuple]:
     """Every command that writes the source's state into an empty Redis store, the layout mark last."""
-    sequences = dict(conn.execute(DUMP["sequences"]).fetchall())
+    # SQLite makes sqlite_sequence at the first insert into an AUTOINCREMENT table: none in an unused data dir.
+    unused = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone() is None
+    sequences = {} if unused else dict(conn.execute(DUMP["sequences"]).fetchall())
     last_business = sequences.get("businesses", 0)
     for bid, name, token_hash, created_at in conn.execute(DUMP["businesses"]):
         yield _hset(K.business(bid), (("name", name), ("token_hash", token_hash), ("created_at", created_at)))
