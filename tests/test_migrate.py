@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from dataclasses import dataclass
 
 import pytest
 from conftest import ADMIN_TOKEN, ROOT, FakeClock, Harness, make_settings, request, wait_until
@@ -96,11 +97,17 @@ def jobs_running(base_url: str) -> list[dict]:
     return request(base_url, "GET", "/admin/jobs?status=running", token=ADMIN_TOKEN).json["jobs"]
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory, upstream):
-    """A data dir as a node leaves it: every kind of call, job and counter, a paused queue, an orphan.
+@dataclass(frozen=True)
+class Source:
+    data_dir: str
+    acme: Business
+    globex: Business
+    refused_while_served: subprocess.CompletedProcess  # the move tried while its serve process ran
 
-    Returns (data dir, acme, globex, the refused move's result while its serve process ran)."""
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, upstream) -> Source:
+    """A data dir as a node leaves it: every kind of call, job and counter, a paused queue, an orphan."""
     data_dir = tmp_path_factory.mktemp("source") / "data"
     # The fake clock starts well before real time, so everything it stamps is in the past of the
     # serve process and of the nodes that answer later.
@@ -171,12 +178,12 @@ def source(tmp_path_factory, upstream):
     finally:
         owner.close()
     time.sleep(3 * 0.2 + 0.3)  # the killed worker's heartbeat goes stale: 3 of its intervals
-    return data_dir, acme, globex, while_served
+    return Source(str(data_dir), acme, globex, while_served)
 
 
 def copy_of(source, tmp_path, name: str) -> str:
     target = tmp_path / name
-    shutil.copytree(source[0], target)
+    shutil.copytree(source.data_dir, target)
     return str(target)
 
 
@@ -241,7 +248,7 @@ def both_nodes(source, tmp_path, redis, empty_db, upstream):
 
 
 def test_a_node_on_the_moved_store_answers_every_call_as_the_sqlite_node_did(source, both_nodes, upstream):
-    _, acme, globex, _ = source
+    acme, globex = source.acme, source.globex
     sqlite_node, redis_node = both_nodes
     nodes = (sqlite_node, redis_node)
     calls = [(acme, sid) for sid in ACME_CALLS] + [(globex, sid) for sid in GLOBEX_CALLS]
@@ -279,7 +286,7 @@ def test_a_node_on_the_moved_store_answers_every_call_as_the_sqlite_node_did(sou
 
 
 def test_tokens_still_authenticate_and_new_calls_jobs_and_businesses_get_fresh_ids(source, both_nodes, upstream):
-    _, acme, globex, _ = source
+    acme, globex = source.acme, source.globex
     sqlite_node, redis_node = both_nodes
     nodes = (sqlite_node, redis_node)
     before = {job["id"] for node in nodes[1:] for job in node.admin("GET", "/admin/jobs?limit=200").json["jobs"]}
@@ -329,8 +336,8 @@ def test_the_queue_order_is_kept(source, tmp_path, redis, empty_db):
 
 
 def test_a_data_dir_that_a_live_node_serves_is_refused(source):
-    line = one_error_line(source[3])
-    assert source[3].returncode == 2
+    line = one_error_line(source.refused_while_served)
+    assert source.refused_while_served.returncode == 2
     assert "is in use" in line and "stop every recsvc serve and worker on it first" in line
 
 
@@ -503,7 +510,7 @@ def test_a_large_data_dir_moves_whole(tmp_path, redis, empty_db):
 
 def test_a_cached_file_keeps_its_name_until_a_node_on_redis_downloads_the_call_again(source, tmp_path, redis, empty_db,
                                                                                    upstream):
-    _, acme, _, _ = source
+    acme = source.acme
     moved_dir, url = moved_copy(source, tmp_path, redis, empty_db)
     old_file = os.path.join(moved_dir, "recordings", str(acme.id), "CADONE.wav")
     app = App(make_settings(moved_dir, store=url, **{**NODE, "workers": 2}), clock=FakeClock(start=time.time() + 1))
