@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     add_setting_flags(worker)
     commands.add_parser("fetch", help="wait for a recording as a player would and save it (see: fetch --help)")
     commands.add_parser("jobs", help="the jobs, newest first, as a table: from the admin API or the data dir (see: jobs --help)")
+    commands.add_parser("migrate", help="move a stopped node's SQLite state into an empty Redis store (see: migrate --help)")
     commands.add_parser("sample-upstream", help="one sample recording on 127.0.0.1 for a first recording (see: sample-upstream --help)")
     commands.add_parser("conformance", help="check an implementation of the contract from outside (see: conformance --help)")
     return parser
@@ -298,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["jobs"]:  # the operator's view of the jobs has its own flags (recsvc.run.jobs)
         from .run.jobs import main as jobs_main
         return jobs_main(argv[1:])
+    if argv[:1] == ["migrate"]:  # SQLite to Redis, one move (recsvc.storage.migrate)
+        from .run.app import DATABASE_FILE
+        from .storage.migrate import main as migrate_main
+        return migrate_main(argv[1:], database_file=DATABASE_FILE)
     if argv[:1] == ["sample-upstream"]:  # a sample recording on loopback (recsvc.demo.sample_upstream)
         from .demo.sample_upstream import main as sample_main
         return sample_main(argv[1:])
