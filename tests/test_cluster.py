@@ -15,7 +15,10 @@ generous bounds: the figures are in docs/deploy.md "What each failure costs".
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
+import signal
 import threading
 import time
 
@@ -26,6 +29,8 @@ from redis_server import REDIS_MISSING
 from recsvc.demo.audio import sized_wav
 from recsvc.kit.checks import CHECKS
 from recsvc.kit.conformance import main as conformance_main
+from recsvc.player.client import RecordingClient, RecordingError
+from recsvc.storage.redis_store import RedisStore
 from tools.cluster import Cluster, nginx_binary
 
 HEARTBEAT = 0.2          # --heartbeat-interval of every node: a lost node is noticed within 3 of these
@@ -224,11 +229,62 @@ def test_kill_9_of_the_node_running_a_download_is_recovered_by_another_node_with
     assert recovery < 3 * HEARTBEAT + 10, recovery
 
 
+@pytest.mark.parametrize("store", [pytest.param("redis", id="redis")])
+def test_a_frozen_node_loses_its_download_to_another_and_abandons_it_when_it_wakes(make_cluster, upstream, store):
+    """SIGSTOP: the node still holds its sockets, so nginx would wait proxy_read_timeout on it; players
+    here ask the other nodes, as nginx does once the frozen one has timed out."""
+    cluster = make_cluster(store, *FAST_RETRIES)
+    player = Player(cluster)
+    wav = sized_wav(100_000, seed="frozen")
+    player.put_call("CA-FROZEN", upstream.set("/frozen.wav", body=wav, hang=True))
+    assert player.play("CA-FROZEN").status == 202
+    assert upstream.wait_for_hits("/frozen.wav", 1, timeout=10), "no node started the download"
+    victim = node_of_worker(cluster, player.jobs("CA-FROZEN")[0]["worker_id"])
+    others = [url for i, url in enumerate(cluster.node_urls) if i != victim]
+
+    upstream.set("/frozen.wav", body=wav)
+    os.kill(cluster.node_pid(victim), signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        done, asked = None, 0
+        while done is None and time.monotonic() < frozen_at + 20:
+            answer = request(others[asked % 2], "GET", PLAY + "CA-FROZEN", token=player.token)
+            asked += 1
+            if answer.status == 200:
+                done = answer
+            else:
+                assert answer.status == 202, answer.body
+                time.sleep(0.05)
+        recovery = time.monotonic() - frozen_at
+    finally:
+        os.kill(cluster.node_pid(victim), signal.SIGCONT)
+    upstream.release()  # the frozen node's own request now gets its bytes, too late to count
+    print(f"\n[{store}] SIGSTOP of node {victim} mid-download -> 200 from another node after {recovery:.2f} s")
+
+    assert done is not None and done.body == wav, player.jobs("CA-FROZEN")
+    others_log = "".join(cluster.node_log(i) for i in range(3) if i != victim)
+    assert re.search(r"\[STUCK\] job=\d+ call_sid=CA-FROZEN reason=worker heartbeat lost", others_log), others_log
+    woke = time.monotonic()
+    while "no longer ours" not in cluster.node_log(victim) and time.monotonic() < woke + 10:
+        time.sleep(0.05)
+    assert "no longer ours" in cluster.node_log(victim), cluster.node_log(victim)[-2000:]
+    for _ in range(len(cluster.node_urls)):  # through nginx, the thawed node included
+        again = player.play("CA-FROZEN")
+        assert again.status == 200 and again.body == wav
+    assert [job["status"] for job in player.jobs("CA-FROZEN")] == ["completed", "failed"]
+
+
 # ---------------------------------------------------------------- redis-server killed and restarted
 
 
+# A claim that Redis ran but whose reply the dying redis-server never sent leaves its job running under a
+# live worker that does not know it (test_a_claim_whose_reply_was_lost_...): until that is fixed, only
+# --job-timeout frees such a job, so the tests that kill redis-server under load keep it short.
+GHOST_CLAIM_BOUND = ("--job-timeout", "5")
+
+
 def test_redis_killed_and_restarted_answers_503_meanwhile_then_every_call_completes(make_cluster, upstream):
-    cluster = make_cluster("redis", *FAST_RETRIES)
+    cluster = make_cluster("redis", *FAST_RETRIES, *GHOST_CLAIM_BOUND)
     player = Player(cluster)
     wav = sized_wav(50_000, seed="outage")
     calls = [f"CA-OUT-{i}" for i in range(12)]
@@ -273,6 +329,59 @@ def test_redis_killed_and_restarted_answers_503_meanwhile_then_every_call_comple
         assert len(player.jobs(sid)) <= 4
 
 
+def test_a_redis_restarted_without_its_data_is_503_holds_no_recsvc_data_on_every_node(make_cluster, upstream):
+    cluster = make_cluster("redis", *FAST_RETRIES)
+    player = Player(cluster)
+    player.put_call("CA-LOST", upstream.set("/lost.wav", body=sized_wav(10_000, seed="lost")))
+    assert player.play_to_the_end("CA-LOST", 20).status == 200
+
+    cluster.redis.kill()
+    for leftover in cluster.redis.workdir.glob("appendonly*"):  # its persistence gone with the machine
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+    cluster.redis.start()
+
+    for _ in range(len(cluster.node_urls)):
+        lost = player.play("CA-LOST")
+        assert (lost.status, lost.json["error"]) == (503, "storage_unavailable"), lost.body
+        assert lost.header("Retry-After") is not None
+    ready = [request(url, "GET", "/readyz") for url in cluster.node_urls]
+    assert [answer.status for answer in ready] == [503, 503, 503]
+    assert all("holds no recsvc data" in answer.json["reason"] for answer in ready), [a.body for a in ready]
+
+
+@pytest.mark.xfail(strict=True, reason="a worker does not notice a running job of its own that it is not running: "
+                          "the job keeps a fresh heartbeat until --job-timeout")
+def test_a_claim_whose_reply_was_lost_is_given_back_within_a_few_heartbeats(make_cluster, upstream):
+    """redis-server killed between running a node's claim and sending the reply leaves the job running
+    under that node's live worker, which never got it. Here the claim script is run for the worker by
+    hand, exactly as the node would have, and its reply dropped."""
+    cluster = make_cluster("redis", *FAST_RETRIES)
+    player = Player(cluster)
+    wav = sized_wav(10_000, seed="ghost")
+    store = RedisStore(cluster.redis.url(0))
+    try:
+        ghost = None
+        for n in range(10):  # a node's idle worker may claim the job first: then try another call
+            sid, url = f"CA-GHOST-{n}", upstream.set(f"/ghost-{n}.wav", body=wav)
+            player.put_call(sid, url)
+            worker_id = next(iter(cluster.redis.cli("SMEMBERS", "recsvc:workers").split()))
+            with store.writing() as tx:
+                job_id = tx.insert_job(player.business_id, sid, url, 0, time.time())
+                claimed = tx.claim_next_job(worker_id, time.time())
+            if claimed is not None and claimed.id == job_id:
+                ghost = sid
+                break
+        assert ghost is not None, "every job was claimed by a node first"
+    finally:
+        store.close()
+
+    done = player.play_to_the_end(ghost, 3 * HEARTBEAT + 5)
+    assert done is not None and done.status == 200 and done.body == wav, player.jobs(ghost)
+
+
 # ---------------------------------------------------------------- the conformance kit, unchanged
 
 
@@ -286,3 +395,49 @@ def test_the_conformance_kit_passes_against_the_cluster_through_nginx(make_clust
     text = out.getvalue()
     assert status == 0, text
     assert f"{len(CHECKS)} passed, 0 failed, 0 skipped" in text, text
+
+
+# ---------------------------------------------------------------- a drill: players, a node and Redis lost at once
+
+
+def test_200_players_through_a_node_kill_and_a_redis_restart_all_end_with_their_exact_recording(
+        make_cluster, upstream):
+    """200 players of recsvc.player.client (CONTRACT 7: Retry-After, backoff on 503, Prefer: wait), each
+    on a call of its own, while one node is kill -9'd and redis-server is killed and restarted."""
+    cluster = make_cluster("redis", *FAST_RETRIES, "--job-timeout", "10")
+    player = Player(cluster)
+    calls = {f"CA-DRILL-{i:03d}": sized_wav(8_000 + i, seed=f"drill-{i}") for i in range(200)}
+    for sid, wav in calls.items():
+        player.put_call(sid, upstream.set(f"/{sid}.wav", body=wav, delay=0.2))
+    ended: dict = {}
+
+    def play(sid: str) -> None:
+        client = RecordingClient(cluster.base_url, player.token, max_wait=25, request_timeout=10)
+        try:
+            ended[sid] = client.wait_for_recording(sid)
+        except RecordingError as stop:
+            ended[sid] = stop
+
+    started = time.monotonic()
+    players = [threading.Thread(target=play, args=(sid,), daemon=True) for sid in calls]
+    for thread in players:
+        thread.start()
+    time.sleep(1.0)
+    cluster.kill_node(1)
+    time.sleep(1.0)
+    cluster.redis.kill()
+    time.sleep(1.5)
+    cluster.redis.start()
+    for thread in players:
+        thread.join(max(1.0, started + 40 - time.monotonic()))
+    took = time.monotonic() - started
+
+    assert not [thread for thread in players if thread.is_alive()], "a player never stopped"
+    stopped = {sid: f"{end.outcome}: {end.message}" for sid, end in ended.items() if isinstance(end, RecordingError)}
+    played = [sid for sid, end in ended.items() if not isinstance(end, RecordingError)]
+    print(f"\n[redis] 200 players, node 1 killed at 1 s, Redis down 2-3.5 s: {len(played)} played, "
+          f"{len(stopped)} stopped, all ended after {took:.1f} s; "
+          f"retries {sum(player.retries(sid) for sid in calls)}")
+    assert not stopped, stopped
+    assert all(ended[sid].body == calls[sid] for sid in calls), "a player got the wrong bytes"
+    assert all(player.retries(sid) <= 3 for sid in calls)
