@@ -112,6 +112,19 @@ def node_of_worker(cluster: Cluster, worker_id: str) -> int:
     return nodes[0]
 
 
+def download_hung_on_a_node(player: "Player", upstream, call_sid: str, wav: bytes) -> int:
+    """A call whose download hangs on one node, its job running; that node's index. The upstream is
+    made healthy before returning, so only the node holds the download back."""
+    path = f"/{call_sid}.wav"
+    player.put_call(call_sid, upstream.set(path, body=wav, hang=True))
+    assert player.play(call_sid).status == 202
+    assert upstream.wait_for_hits(path, 1, timeout=10), "no node started the download"
+    running = player.jobs(call_sid)[0]
+    assert running["status"] == "running", running
+    upstream.set(path, body=wav)
+    return node_of_worker(player.cluster, running["worker_id"])
+
+
 def plays_logged(cluster: Cluster, call_sid: str) -> list[int]:
     """How many play requests of ``call_sid`` each node's access log shows."""
     line = re.compile(rf" GET {re.escape(PLAY + call_sid)} \d{{3}} ")
@@ -204,14 +217,8 @@ def test_kill_9_of_the_node_running_a_download_is_recovered_by_another_node_with
     cluster = make_cluster(store, *FAST_RETRIES)
     player = Player(cluster)
     wav = sized_wav(200_000, seed="killed")
-    player.put_call("CA-KILLED", upstream.set("/killed.wav", body=wav, hang=True))
-    assert player.play("CA-KILLED").status == 202
-    assert upstream.wait_for_hits("/killed.wav", 1, timeout=10), "no node started the download"
-    running = player.jobs("CA-KILLED")[0]
-    assert running["status"] == "running", running
-    victim = node_of_worker(cluster, running["worker_id"])
+    victim = download_hung_on_a_node(player, upstream, "CA-KILLED", wav)
 
-    upstream.set("/killed.wav", body=wav)  # the upstream is healthy again: only the node is lost
     killed_at = time.monotonic()
     cluster.kill_node(victim)
     done = player.play_to_the_end("CA-KILLED", 20)
@@ -229,20 +236,16 @@ def test_kill_9_of_the_node_running_a_download_is_recovered_by_another_node_with
     assert recovery < 3 * HEARTBEAT + 10, recovery
 
 
-@pytest.mark.parametrize("store", [pytest.param("redis", id="redis")])
+@pytest.mark.parametrize("store", STORES)
 def test_a_frozen_node_loses_its_download_to_another_and_abandons_it_when_it_wakes(make_cluster, upstream, store):
     """SIGSTOP: the node still holds its sockets, so nginx would wait proxy_read_timeout on it; players
     here ask the other nodes, as nginx does once the frozen one has timed out."""
     cluster = make_cluster(store, *FAST_RETRIES)
     player = Player(cluster)
     wav = sized_wav(100_000, seed="frozen")
-    player.put_call("CA-FROZEN", upstream.set("/frozen.wav", body=wav, hang=True))
-    assert player.play("CA-FROZEN").status == 202
-    assert upstream.wait_for_hits("/frozen.wav", 1, timeout=10), "no node started the download"
-    victim = node_of_worker(cluster, player.jobs("CA-FROZEN")[0]["worker_id"])
+    victim = download_hung_on_a_node(player, upstream, "CA-FROZEN", wav)
     others = [url for i, url in enumerate(cluster.node_urls) if i != victim]
 
-    upstream.set("/frozen.wav", body=wav)
     os.kill(cluster.node_pid(victim), signal.SIGSTOP)
     frozen_at = time.monotonic()
     try:
