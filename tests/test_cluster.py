@@ -19,8 +19,10 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -31,17 +33,19 @@ from recsvc.kit.checks import CHECKS
 from recsvc.kit.conformance import main as conformance_main
 from recsvc.player.client import RecordingClient, RecordingError
 from recsvc.storage.redis_store import RedisStore
-from tools.cluster import Cluster, nginx_binary
+from tools.cluster import Cluster, doc_block, nginx_binary, replace_once
+from tools.redis_server import RedisServer, free_port
 
 HEARTBEAT = 0.2          # --heartbeat-interval of every node: a lost node is noticed within 3 of these
 PLAY = "/api/recordings/file/"
+HAPROXY = "/usr/sbin/haproxy"
 FAST_RETRIES = ("--retry-after", "1", "--recovery-retry-after", "1")
 
 
 def needs(store: str) -> None:
     if nginx_binary() is None:
         pytest.skip("nginx is not installed: apt-get install nginx-light")
-    if store == "redis" and REDIS_MISSING:
+    if store != "sqlite" and REDIS_MISSING:
         pytest.skip("redis-server is not installed: apt-get install redis-server")
 
 
@@ -52,7 +56,8 @@ def make_cluster(tmp_path):
 
     def start(store: str, *flags: str) -> Cluster:
         needs(store)
-        cluster = Cluster(tmp_path / f"cluster-{store}", store=store, heartbeat=HEARTBEAT, extra_flags=flags)
+        cluster = Cluster(tmp_path / f"cluster-{len(started)}", store=store, heartbeat=HEARTBEAT,
+                          extra_flags=flags)
         started.append(cluster)
         cluster.start()
         return cluster
@@ -181,7 +186,7 @@ def test_500_simultaneous_first_requests_over_three_nodes_create_one_job_and_cou
 @pytest.mark.parametrize("store", STORES)
 def test_a_hung_upstream_answers_attempts_0_to_3_then_500_with_four_jobs_whichever_node_answers(
         make_cluster, upstream, store):
-    cluster = make_cluster(store, "--job-timeout", "1", "--download-timeout", "30", *FAST_RETRIES)
+    cluster = make_cluster(store, "--job-timeout", "0.5", "--download-timeout", "30", *FAST_RETRIES)
     player = Player(cluster)
     player.put_call("CA-HUNG", upstream.set("/hung.wav", hang=True))
     seen: list = []
@@ -381,8 +386,102 @@ def test_a_claim_whose_reply_was_lost_is_given_back_within_a_few_heartbeats(make
     finally:
         store.close()
 
-    done = player.play_to_the_end(ghost, 3 * HEARTBEAT + 5)
+    done = player.play_to_the_end(ghost, 3 * HEARTBEAT + 3)
     assert done is not None and done.status == 200 and done.body == wav, player.jobs(ghost)
+
+
+class RedisFailover:
+    """A master, its replica and HAProxy in front running docs/deploy.md's ``haproxy-redis`` block."""
+
+    def __init__(self, workdir: Path):
+        self.password = "failover-password-1"
+        for name in ("master", "replica"):
+            (workdir / name).mkdir()
+        self.master = RedisServer(workdir / "master", password=self.password, appendonly=True)
+        self.replica = RedisServer(workdir / "replica", password=self.password, appendonly=True)
+        self.replica.extra_args = ("--replicaof", "127.0.0.1", str(self.master.port), "--masterauth", self.password)
+        self.port = free_port()
+        block = doc_block("haproxy-redis", "haproxy")
+        block = replace_once(block, "bind 127.0.0.1:6379", f"bind 127.0.0.1:{self.port}")
+        block = replace_once(block, "AUTH\\ <password>\\r\\n", f"AUTH\\ {self.password}\\r\\n")
+        block = replace_once(block, "10.0.0.21:6379 ", f"127.0.0.1:{self.master.port} ")
+        block = replace_once(block, "10.0.0.22:6379 ", f"127.0.0.1:{self.replica.port} ")
+        self.config = workdir / "haproxy.cfg"
+        self.config.write_text(f"global\n    maxconn 512\n\n{block}\n")
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        with open(self.workdir / "haproxy.out", "ab") as log_file:
+            self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(self.config)], stdout=log_file,
+                                         stderr=subprocess.STDOUT)
+        # HAProxy counts every server up until its checks say otherwise: wait for the replica to be down.
+        deadline = time.monotonic() + 15
+        while "redis_master/redis2 is DOWN" not in (self.workdir / "haproxy.out").read_text():
+            assert time.monotonic() < deadline, (self.workdir / "haproxy.out").read_text()[-2000:]
+            time.sleep(0.1)
+        assert self.served_by() == self.master.port
+
+    def served_by(self) -> int | None:
+        """The port of the Redis server HAProxy sends a new connection to, or None."""
+        done = subprocess.run(["redis-cli", "-p", str(self.port), "--no-auth-warning", "-a", self.password,
+                               "INFO", "server"], capture_output=True, text=True, timeout=10)
+        found = re.search(r"^tcp_port:(\d+)", done.stdout, re.M)
+        return int(found[1]) if found else None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.master.kill()
+        self.replica.kill()
+
+
+@pytest.fixture
+def redis_failover(tmp_path):
+    needs("redis")
+    if not os.access(HAPROXY, os.X_OK):
+        pytest.skip("haproxy is not installed: apt-get install haproxy")
+    (tmp_path / "failover").mkdir()
+    pair = RedisFailover(tmp_path / "failover")
+    yield pair
+    pair.stop()
+
+
+def test_a_redis_failover_behind_the_documented_haproxy_check_keeps_every_call(redis_failover, make_cluster,
+                                                                               upstream):
+    """The master is killed and the replica promoted, as Sentinel would; the nodes' one address follows."""
+    redis_failover.start()
+    cluster = make_cluster(redis_failover.url, *FAST_RETRIES)
+    player = Player(cluster)
+    wav = sized_wav(30_000, seed="before")
+    player.put_call("CA-BEFORE", upstream.set("/before.wav", body=wav))
+    assert player.play_to_the_end("CA-BEFORE", 20).status == 200
+    assert redis_failover.master.cli("WAIT", "1", "5000") == "1", "the replica did not take the writes"
+
+    redis_failover.master.kill()
+    failed_at = time.monotonic()
+    redis_failover.replica.cli("REPLICAOF", "NO", "ONE")
+    seen: list = []
+    again = player.play_to_the_end("CA-BEFORE", 30, seen)
+    took = time.monotonic() - failed_at
+    print(f"\n[redis] master killed, replica promoted: the cached call played again through HAProxy after "
+          f"{took:.2f} s ({sum(answer.status == 503 for answer in seen)} answers 503 meanwhile)")
+
+    assert again is not None and again.status == 200 and again.body == wav, seen[-1].body if seen else None
+    assert {answer.status for answer in seen} <= {200, 503}
+    assert {answer.json["error"] for answer in seen if answer.status == 503} <= {"storage_unavailable"}
+    assert redis_failover.served_by() == redis_failover.replica.port
+    after = sized_wav(30_000, seed="after")
+    player.put_call("CA-AFTER", upstream.set("/after.wav", body=after))
+    done = player.play_to_the_end("CA-AFTER", 20)
+    assert done is not None and done.status == 200 and done.body == after
 
 
 # ---------------------------------------------------------------- the conformance kit, unchanged

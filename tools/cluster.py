@@ -3,8 +3,9 @@
 Used by tests/test_cluster.py and by the benchmark. The nodes share one
 ``--data-dir`` and one store: a Redis server of the cluster's own (kept in an
 append-only file, so it can be killed and restarted without losing what it
-acknowledged), or with ``store="sqlite"`` the data dir's SQLite database
-(``--counter sqlite://``), as several processes on one machine would. nginx
+acknowledged), a Redis the caller runs (``store="redis://..."``), or with
+``store="sqlite"`` the data dir's SQLite database (``--counter sqlite://``),
+as several processes on one machine would. nginx
 runs the configuration of docs/deploy.md "Several machines" (the block after
 ``<!-- tested: nginx-nodes -->``) with only its listening port and the nodes'
 addresses replaced, each replacement required to match exactly once, so the
@@ -100,8 +101,8 @@ class Cluster:
 
     def __init__(self, workdir: Path, *, nodes: int = 3, store: str = "redis", heartbeat: float = 0.2,
                  proxy: bool = True, extra_flags: tuple[str, ...] = (), env: dict[str, str] | None = None):
-        if store not in ("redis", "sqlite"):
-            raise ValueError(f"store must be 'redis' or 'sqlite', got {store!r}")
+        if store not in ("redis", "sqlite") and not store.startswith("redis://"):
+            raise ValueError(f"store must be 'redis', 'sqlite' or a redis:// URL, got {store!r}")
         if proxy and nodes > len(DOC_NODE_ADDRESSES):
             raise ValueError(f"the documented nginx block names {len(DOC_NODE_ADDRESSES)} nodes, asked for {nodes}")
         self.workdir = Path(workdir)
@@ -113,7 +114,8 @@ class Cluster:
         self.env = dict(env or {})
         self.admin_token = "cluster-admin-" + secrets.token_urlsafe(16)
         self.data_dir = self.workdir / "data"
-        self.redis: RedisServer | None = None
+        self.redis: RedisServer | None = None  # the cluster's own redis-server, with store="redis"
+        self.store_url = store if store.startswith("redis://") else None  # a Redis of the caller's
         if store == "redis":
             redis_dir = self.workdir / "redis"
             redis_dir.mkdir(exist_ok=True)
@@ -167,8 +169,8 @@ class Cluster:
     # ---- one node
 
     def node_command(self, i: int) -> list[str]:
-        store = self.redis.url(0) if self.redis is not None else "sqlite://"
-        counter = () if self.redis is not None else ("--counter", "sqlite://")
+        store = self.redis.url(0) if self.redis is not None else self.store_url or "sqlite://"
+        counter = ("--counter", "sqlite://") if store == "sqlite://" else ()
         # --allow-upstream loopback: the upstreams of a cluster on one machine are on loopback too.
         return [sys.executable, "-m", "recsvc", "serve", "--store", store, *counter, "--data-dir", str(self.data_dir),
                 "--port", str(self.node_ports[i]), "--heartbeat-interval", str(self.heartbeat),
