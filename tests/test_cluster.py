@@ -109,14 +109,6 @@ class Player:
         return None
 
 
-def node_of_worker(cluster: Cluster, worker_id: str) -> int:
-    """The node whose process runs ``worker_id`` (host:pid:tag)."""
-    pid = int(worker_id.split(":")[-2])
-    nodes = [i for i in range(len(cluster.node_urls)) if cluster.node_pid(i) == pid]
-    assert nodes, f"no node has pid {pid} (worker {worker_id})"
-    return nodes[0]
-
-
 def download_hung_on_a_node(player: "Player", upstream, call_sid: str, wav: bytes) -> int:
     """A call whose download hangs on one node, its job running; that node's index. The upstream is
     made healthy before returning, so only the node holds the download back."""
@@ -127,7 +119,7 @@ def download_hung_on_a_node(player: "Player", upstream, call_sid: str, wav: byte
     running = player.jobs(call_sid)[0]
     assert running["status"] == "running", running
     upstream.set(path, body=wav)
-    return node_of_worker(player.cluster, running["worker_id"])
+    return player.cluster.node_of_worker(running["worker_id"])
 
 
 def plays_logged(cluster: Cluster, call_sid: str) -> list[int]:
@@ -236,7 +228,7 @@ def test_kill_9_of_the_node_running_a_download_is_recovered_by_another_node_with
     jobs = player.jobs("CA-KILLED")
     assert [job["status"] for job in jobs] == ["completed", "failed"], jobs
     assert "heartbeat lost" in (jobs[1]["error_message"] or ""), jobs[1]
-    assert node_of_worker(cluster, jobs[0]["worker_id"]) != victim
+    assert cluster.node_of_worker(jobs[0]["worker_id"]) != victim
     # 3 heartbeat intervals plus one download, with room for a loaded 2-core machine.
     assert recovery < 3 * HEARTBEAT + 10, recovery
 

@@ -214,6 +214,14 @@ class Cluster:
             raise RuntimeError(f"node {i} was never started")
         return process.pid
 
+    def node_of_worker(self, worker_id: str) -> int:
+        """The node whose process runs ``worker_id`` (a job's ``worker_id``: host:pid:tag)."""
+        pid = int(worker_id.split(":")[-2])
+        for i, process in enumerate(self._nodes):
+            if process is not None and process.pid == pid:
+                return i
+        raise LookupError(f"no node has pid {pid} (worker {worker_id})")
+
     def node_log(self, i: int) -> str:
         """The node's stderr (its log lines and access lines) so far, across restarts."""
         path = self.workdir / f"node{i}.log"
