@@ -6,10 +6,13 @@ one data dir, and nginx running the documented block, round-robin, all on
 127.0.0.1; the SQLite variant runs the same nodes on the data dir's SQLite
 database instead (several processes of one machine). Players ask nginx,
 never a node, so consecutive requests of one call land on different nodes.
-The faults are real: a hung upstream, kill -9 of the node running a
-download, kill -9 of redis-server and its restart from its append-only file.
-Recovery times are measured and printed (``-s``), and asserted only against
-generous bounds: the figures are in docs/deploy.md "What each failure costs".
+The faults are real: a hung upstream, kill -9 or SIGSTOP of the node running
+a download, kill -9 of redis-server and its restart from its append-only
+file, a Redis restarted empty, a master killed and its replica promoted
+behind docs/deploy.md's HAProxy block, and all at once under 200 players.
+The conformance kit runs against the cluster unchanged. Recovery times are
+measured and printed (``-s``), and asserted only against generous bounds:
+the figures are in docs/deploy.md "What each failure costs".
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ class Player:
         return None
 
 
-def download_hung_on_a_node(player: "Player", upstream, call_sid: str, wav: bytes) -> int:
+def download_hung_on_a_node(player: Player, upstream, call_sid: str, wav: bytes) -> int:
     """A call whose download hangs on one node, its job running; that node's index. The upstream is
     made healthy before returning, so only the node holds the download back."""
     path = f"/{call_sid}.wav"
