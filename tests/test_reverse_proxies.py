@@ -27,15 +27,16 @@ import time
 import urllib.parse
 
 import pytest
-from conftest import ROOT, wait_until
+from conftest import wait_until
 from conftest import request as http_request
 from rawhttp import connect, parse_answer, read_until_closed, request_bytes
 
 from recsvc.demo.audio import sized_wav
 from recsvc.contract.settings import Settings
 from recsvc.core.twilio import compute_signature
+from tools.cluster import doc_block, nginx_config, replace_once
+from tools.redis_server import free_port
 
-DOC = os.path.join(ROOT, "docs", "deploy.md")
 PROGRAMS = {"nginx": "/usr/sbin/nginx", "haproxy": "/usr/sbin/haproxy"}
 PACKAGES = {"nginx": "nginx-light", "haproxy": "haproxy"}
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
@@ -49,26 +50,6 @@ def program(name: str) -> str | None:
     return path if os.access(path, os.X_OK) else shutil.which(name)
 
 
-def doc_block(name: str) -> str:
-    """The fenced block right after ``<!-- tested: NAME -->`` in docs/deploy.md."""
-    with open(DOC, encoding="utf-8") as doc:
-        text = doc.read()
-    found = re.search(rf"<!-- tested: {name} -->\n```{name}\n(.*?)\n```", text, re.S)
-    assert found, f"docs/deploy.md has no tested {name} block"
-    return found[1]
-
-
-def replace_once(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, f"{old!r} should appear once in the documented configuration"
-    return text.replace(old, new)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Proxy:
     """nginx or HAProxy in the foreground, on a free loopback port, in front of ``backend_port``."""
 
@@ -77,17 +58,11 @@ class Proxy:
         self.port = free_port()
         self.workdir = workdir
         binary = program(name)
-        block = doc_block(name)
+        block = doc_block(name, name)
         if name == "nginx":
             block = replace_once(block, "listen 80;", f"listen 127.0.0.1:{self.port};")
             block = replace_once(block, "server 127.0.0.1:8080 ", f"server 127.0.0.1:{backend_port} ")
-            # Only the frame around the documented block: where nginx keeps its files.
-            user = "user root;" if os.geteuid() == 0 else ""  # a root master's workers must read the temp files
-            config = (f"{user}\ndaemon off;\npid {workdir}/nginx.pid;\nerror_log {workdir}/error.log info;\n"
-                      f"events {{ worker_connections 256; }}\nhttp {{\n"
-                      f"access_log {workdir}/access.log;\nclient_body_temp_path {workdir}/body;\n"
-                      f"proxy_temp_path {workdir}/proxy;\nfastcgi_temp_path {workdir}/fastcgi;\n"
-                      f"uwsgi_temp_path {workdir}/uwsgi;\nscgi_temp_path {workdir}/scgi;\n{block}\n}}\n")
+            config = nginx_config(block, workdir)  # only the frame: where nginx keeps its files
             path = workdir / "nginx.conf"
             path.write_text(config)
             command = [binary, "-p", str(workdir), "-c", str(path)]
@@ -217,8 +192,8 @@ def test_a_held_request_is_held_through_the_proxy_and_answered(proxied):
 
 def test_the_documented_timeouts_outlast_the_longest_default_hold():
     longest_hold = Settings().max_wait
-    nginx = int(re.search(r"proxy_read_timeout (\d+)s;", doc_block("nginx"))[1])
-    haproxy = int(re.search(r"timeout server (\d+)s", doc_block("haproxy"))[1])
+    nginx = int(re.search(r"proxy_read_timeout (\d+)s;", doc_block("nginx", "nginx"))[1])
+    haproxy = int(re.search(r"timeout server (\d+)s", doc_block("haproxy", "haproxy"))[1])
     assert min(nginx, haproxy) >= longest_hold + 10
 
 
