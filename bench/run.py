@@ -465,6 +465,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="1 s per scenario and smaller sets, for CI")
     parser.add_argument("--no-wrk", action="store_true", help="use the standard-library generator even if wrk is installed")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx reference rows")
+    parser.add_argument("--no-nodes", action="store_true", help="skip the Several nodes table (bench/nodes.py)")
     parser.add_argument("--players", type=int, default=None, help="players per playback scenario (default 100; smoke 20)")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                         help="recsvc serve --processes (default: the CPU count); above 1 with --counter sqlite://")
@@ -559,6 +560,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
           f"recsvc flags: {' '.join(flags)}")
     print(render(rows))
+    if not args.no_nodes:  # after the single process is stopped, so the two never share the CPUs
+        from bench.nodes import several_nodes  # here: bench/nodes.py imports this module
+
+        print()
+        print(several_nodes(smoke=args.smoke, seconds=seconds, players=10 if args.smoke else players, use_wrk=use_wrk),
+              flush=True)
     return 0
 
 
