@@ -316,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per load (default 3)")
     parser.add_argument("--players", type=int, default=None, help="players in the playback (default 100; smoke 10)")
     args = parser.parse_args(argv)
+    if not args.duration > 0 or (args.players is not None and args.players < 1):
+        parser.error("--duration must be a positive number and --players at least 1")
     print(several_nodes(smoke=args.smoke, seconds=1.0 if args.smoke else max(1.0, args.duration),
                         players=args.players or (10 if args.smoke else 100), use_wrk=have_wrk()))
     return 0

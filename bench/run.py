@@ -1,4 +1,4 @@
-"""The recsvc benchmark: start recsvc as a real process, load it, print one table.
+"""The recsvc benchmark: start recsvc as a real process, load it, print its tables.
 
 Theory of operation. ``main()`` starts a fake upstream (``recsvc.demo.fake_upstream``)
 and one recsvc process on 127.0.0.1 with realistic data: a business, many
@@ -8,7 +8,8 @@ with a fixed number of connections (``bench/load.py``: wrk when installed,
 else a standard-library generator) and adds a row. When nginx is installed
 it serves the same 1 MiB file and a fixed 202 on another loopback port, and
 each recsvc row with a counterpart is printed with its ratio to nginx from
-the same run. Nothing here asserts a timing; every loop has a bound, and
+the same run. Then ``bench/nodes.py`` prints the "Several nodes" table
+(``--no-nodes`` skips it). Nothing here asserts a timing; every loop has a bound, and
 every process started here is stopped here.
 """
 
