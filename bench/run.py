@@ -1,4 +1,4 @@
-"""The recsvc benchmark: start recsvc as a real process, load it, print one table.
+"""The recsvc benchmark: start recsvc as a real process, load it, print its tables.
 
 Theory of operation. ``main()`` starts a fake upstream (``recsvc.demo.fake_upstream``)
 and one recsvc process on 127.0.0.1 with realistic data: a business, many
@@ -8,7 +8,8 @@ with a fixed number of connections (``bench/load.py``: wrk when installed,
 else a standard-library generator) and adds a row. When nginx is installed
 it serves the same 1 MiB file and a fixed 202 on another loopback port, and
 each recsvc row with a counterpart is printed with its ratio to nginx from
-the same run. Nothing here asserts a timing; every loop has a bound, and
+the same run. Then ``bench/nodes.py`` prints the "Several nodes" table
+(``--no-nodes`` skips it). Nothing here asserts a timing; every loop has a bound, and
 every process started here is stopped here.
 """
 
@@ -465,6 +466,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="1 s per scenario and smaller sets, for CI")
     parser.add_argument("--no-wrk", action="store_true", help="use the standard-library generator even if wrk is installed")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx reference rows")
+    parser.add_argument("--no-nodes", action="store_true", help="skip the Several nodes table (bench/nodes.py)")
     parser.add_argument("--players", type=int, default=None, help="players per playback scenario (default 100; smoke 20)")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                         help="recsvc serve --processes (default: the CPU count); above 1 with --counter sqlite://")
@@ -559,6 +561,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
           f"recsvc flags: {' '.join(flags)}")
     print(render(rows))
+    if not args.no_nodes:  # after the single process is stopped, so the two never share the CPUs
+        from bench.nodes import several_nodes  # here: bench/nodes.py imports this module
+
+        print()
+        print(several_nodes(smoke=args.smoke, seconds=seconds, players=10 if args.smoke else players, use_wrk=use_wrk),
+              flush=True)
     return 0
 
 
