@@ -125,6 +125,29 @@ def test_stuck_rules_of_section_4(the_job, reason):
     assert stuck_reason(the_job, NOW, S) == reason
 
 
+EXCUSED_TABLE = [
+    pytest.param(job("running", started=NOW - 60, beat=NOW - 16), None,
+                 id="beats missing through a storage fault are not judged"),
+    pytest.param(job("running", started=NOW - 400, beat=NOW - 100), "running 400s without completion",
+                 id="the job's own deadline still is"),
+    pytest.param(job("queued", created=NOW - 312), "queued 312s without worker pickup",
+                 id="a queued job has no beats to excuse"),
+]
+
+
+@pytest.mark.parametrize("the_job, reason", EXCUSED_TABLE)
+def test_stuck_rules_within_the_liveness_window_of_a_storage_fault(the_job, reason):
+    assert stuck_reason(the_job, NOW, S, beats_excused=True) == reason
+
+
+def test_a_play_within_the_liveness_window_of_a_storage_fault_keeps_the_job_whose_beats_are_missing():
+    late = job("running", started=NOW - 60, beat=NOW - 16)
+    excused = PlayFacts(authenticated=True, call_sid_valid=True, call=CALL, recording_intact=False,
+                        latest_job=late, live_worker=True, beats_excused=True)
+    assert decide_play(excused, NOW, S) == Processing(late)
+    assert isinstance(decide_play(facts(latest=late), NOW, S), RetryNeeded)
+
+
 def test_reason_seconds_are_whole_and_rounded_so_a_fractional_timeout_never_reads_zero():
     short = Settings(job_timeout=0.5, heartbeat_interval=0.2)
     assert stuck_reason(job("running", started=NOW - 0.6, beat=NOW), NOW, short) == "running 1s without completion"

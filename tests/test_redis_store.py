@@ -191,6 +191,36 @@ def test_a_worker_whose_lease_expired_has_its_running_job_failed_by_any_node(nod
     assert latest["error_message"].startswith("worker heartbeat lost")
 
 
+def test_beats_missing_through_a_redis_outage_cost_no_retry_until_the_workers_could_write_again(nodes, redis_server):
+    a, = nodes(1, workers=0, heartbeat_interval=0.5)  # this node's liveness window: 1.5 s of real time
+    acme = new_business(a)
+    call_with_recording(a, acme, "CAOUTAGE")
+    assert a.play(acme.token, "CAOUTAGE").status == 500  # row 7 (no worker yet) queues the job
+    elsewhere = new_worker_id()
+    with a.app.store.writing() as tx:  # a worker of another node, leased for 3 x 5 s of real time
+        tx.upsert_worker(elsewhere, "elsewhere", 1, 1, 5.0, a.clock())
+        job = tx.claim_next_job(elsewhere, a.clock())
+    redis_server.cli("SAVE", db=3)
+    redis_server.kill()
+    assert a.play(acme.token, "CAOUTAGE").json["error"] == "storage_unavailable"
+    redis_server.start()  # the data it saved comes back
+    a.clock.advance(16)  # the job's last beat is now older than 3 of its worker's intervals
+    with a.app.store.writing() as tx:  # while a worker of a third node has written its beat already
+        tx.upsert_worker(new_worker_id(), "another", 1, 1, 5.0, a.clock())
+
+    excused = a.play(acme.token, "CAOUTAGE")
+    assert (excused.status, excused.json["job_id"], excused.json["attempt"]) == (202, job.id, 0)
+    assert a.app.service.cleanup() == 0
+    assert retry_counter(a, acme, "CAOUTAGE")["attempts"] == 0
+
+    assert wait_until(lambda: a.app.store.fault_within(a.settings.liveness_window) is None, 5)
+    judged = a.play(acme.token, "CAOUTAGE")
+    assert (judged.status, judged.json["attempt"]) == (202, 1)
+    stuck = jobs_of(a, acme, "CAOUTAGE")[1]
+    assert (stuck["id"], stuck["error_code"]) == (job.id, "stuck")
+    assert stuck["error_message"].startswith("worker heartbeat lost")
+
+
 def test_one_active_job_per_call_is_kept_by_the_store_itself(redis_server):
     store = RedisStore(redis_server.url(5))
     try:

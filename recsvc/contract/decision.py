@@ -29,12 +29,15 @@ from .settings import LIVENESS_BEATS, Settings
 # ---------------------------------------------------------------- section 4
 
 
-def stuck_reason(job: Job, now: float, settings: Settings) -> str | None:
+def stuck_reason(job: Job, now: float, settings: Settings, *, beats_excused: bool = False) -> str | None:
     """The reason text when an active job is stuck at ``now``, else None (CONTRACT 4).
 
     Rules are checked in the contract's order; the first that holds names
     the reason. A running job's heartbeat is judged by the interval of the
-    worker that runs it.
+    worker that runs it. ``beats_excused``: the store failed within the
+    liveness window, so no worker could write its beats; as with row 7
+    (CONTRACT 3, storage faults), missing beats are not judged until every
+    worker has had that window to write again. The job's own deadline still is.
     """
     if job.status == QUEUED:
         waited = now - job.created_at
@@ -49,7 +52,7 @@ def stuck_reason(job: Job, now: float, settings: Settings) -> str | None:
         return "marked running but no started_at"
     interval = job.worker_heartbeat_interval or settings.heartbeat_interval
     beat = job.heartbeat_at if job.heartbeat_at is not None else job.started_at
-    if now - beat > LIVENESS_BEATS * interval:
+    if now - beat > LIVENESS_BEATS * interval and not beats_excused:
         return f"worker heartbeat lost {nearest_seconds(now - beat)}s ago"
     return None
 
@@ -86,6 +89,7 @@ class PlayFacts:
     recording_intact: bool          # a cached file that is whole and matches its row
     latest_job: Job | None          # the newest job for the call's current recording_url
     live_worker: bool
+    beats_excused: bool = False     # the store failed within the liveness window (see stuck_reason)
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,7 @@ def decide_play(facts: PlayFacts, now: float, settings: Settings) -> PlayOutcome
         return NoLiveWorker(create_job=job is None or job.status not in ACTIVE_STATUSES)  # row 7
     stuck = None
     if job is not None and job.status in ACTIVE_STATUSES:
-        reason = stuck_reason(job, now, settings)
+        reason = stuck_reason(job, now, settings, beats_excused=facts.beats_excused)
         if reason is None:
             return Processing(job)                              # row 9
         stuck = (job, reason)                                   # row 8: continue at row 10

@@ -281,8 +281,13 @@ class RecordingService:
         handle = self.files.open_intact(recording.path, recording.size) if recording is not None else None
         facts = PlayFacts(authenticated=True, call_sid_valid=True, call=snapshot.call,
                           recording_intact=handle is not None, latest_job=snapshot.latest_job,
-                          live_worker=snapshot.live_worker)
+                          live_worker=snapshot.live_worker, beats_excused=self._beats_excused())
         return facts, recording, handle
+
+    def _beats_excused(self) -> bool:
+        """Missing heartbeats are not judged within the liveness window of a storage fault: the
+        workers could not write them (CONTRACT 3, storage faults; decision.stuck_reason)."""
+        return self.store.fault_within(self.settings.liveness_window) is not None
 
     def _check_heartbeats_writable(self) -> None:
         """Row 7 is judged only while heartbeats can be written (CONTRACT 3, storage faults): a
@@ -616,7 +621,9 @@ class RecordingService:
         with self.store.reading() as tx:
             candidates = tx.active_jobs()
         now = self.clock()
-        stuck = [(job, reason) for job in candidates if (reason := stuck_reason(job, now, self.settings))]
+        excused = self._beats_excused()
+        stuck = [(job, reason) for job in candidates
+                 if (reason := stuck_reason(job, now, self.settings, beats_excused=excused))]
         if not stuck:
             return 0
         committed: list[Callable[[], None]] = []
@@ -633,7 +640,7 @@ class RecordingService:
         whichever node it ran (CONTRACT 4, heartbeat lost). Judged by the server's clock, so the
         nodes' clocks need not agree to the second. Not while this node saw the store fail within
         the liveness window: no worker could renew its lease then, and each gets that long to do so."""
-        if self.store.fault_within(self.settings.liveness_window) is not None:
+        if self._beats_excused():
             return 0
         with self.store.writing() as tx:
             failed = tx.fail_lost_leases(STUCK, "worker heartbeat lost ", self.clock())
