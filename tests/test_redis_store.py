@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import signal
 import threading
 import time
 
@@ -219,6 +220,35 @@ def test_beats_missing_through_a_redis_outage_cost_no_retry_until_the_workers_co
     stuck = jobs_of(a, acme, "CAOUTAGE")[1]
     assert (stuck["id"], stuck["error_code"]) == (job.id, "stuck")
     assert stuck["error_message"].startswith("worker heartbeat lost")
+
+
+def test_a_quiet_events_subscription_stays_open_and_a_frozen_redis_is_noticed(redis_server, caplog):
+    store = RedisStore(redis_server.url(6))
+    events: list[str] = []
+    stopping = threading.Event()
+    listener = threading.Thread(target=store.listen, args=(events.append, stopping, 0.1), daemon=True)
+    listener.start()
+    try:
+        assert wait_until(lambda: events == ["subscribed"], 5)
+        time.sleep(1.0)  # ten retry intervals with nothing on the channel
+        subscriber = [line for line in redis_server.cli("CLIENT", "LIST").splitlines() if " sub=1 " in line]
+        assert len(subscriber) == 1 and int(subscriber[0].split(" age=")[1].split()[0]) >= 1, subscriber
+        redis_server.cli("PUBLISH", K.EVENTS, "ended:7")
+        assert wait_until(lambda: events[-1:] == ["ended:7"], 5)
+        assert "dropped the subscription" not in caplog.text
+
+        os.kill(redis_server.process.pid, signal.SIGSTOP)  # the server stops answering; its socket stays open
+        try:
+            assert wait_until(lambda: "dropped the subscription" in caplog.text, 5)
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        assert wait_until(lambda: events[-1:] == ["subscribed"], 10)
+        redis_server.cli("PUBLISH", K.EVENTS, "ended:8")
+        assert wait_until(lambda: events[-1:] == ["ended:8"], 5)
+    finally:
+        stopping.set()
+        listener.join(5)
+        store.close()
 
 
 def test_one_active_job_per_call_is_kept_by_the_store_itself(redis_server):

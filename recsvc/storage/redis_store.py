@@ -427,13 +427,21 @@ class RedisStore:
                                 time.monotonic() - outage_since)
                     outage_since = None
                 on_event("subscribed")  # whatever happened while unsubscribed: look again
+                pinged = False
                 while not stopping.is_set():
-                    try:
-                        message = conn.read()
-                    except TimeoutError:
+                    if not conn.wait_for_reply(retry_every):
+                        # A quiet channel: a PING tells a live server from a lost one, whose
+                        # connection would otherwise look quiet for ever.
+                        if pinged:
+                            raise TimeoutError(f"no answer to PING within {retry_every:g}s")
+                        conn.send("PING")
+                        pinged = True
                         continue
+                    message = conn.read()
                     if isinstance(message, list) and len(message) == 3 and message[0] == b"message":
                         on_event(_text(message[2]))
+                    elif isinstance(message, list) and message[:1] == [b"pong"]:
+                        pinged = False
             except (OSError, RedisReplyError, RedisProtocolError) as exc:
                 if outage_since is None:
                     outage_since = time.monotonic()

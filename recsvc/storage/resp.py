@@ -11,6 +11,7 @@ and SELECT done, used by one thread at a time. The counter on top of it is
 
 from __future__ import annotations
 
+import select
 import socket
 from typing import BinaryIO, Union
 
@@ -128,6 +129,26 @@ class RedisConnection:
     def read(self) -> Reply:
         """One more reply: a message of a subscription. Raises TimeoutError when none came in time."""
         return read_reply(self._stream)
+
+    def wait_for_reply(self, timeout: float) -> bool:
+        """True when a reply (or the server's close) can be read now or came within ``timeout``.
+
+        A subscriber waits here through quiet channels: a read that times out
+        leaves the socket's file unusable for good ("cannot read from timed
+        out object"), a wait does not. What is already buffered counts.
+        """
+        self._sock.settimeout(0)
+        try:
+            if self._stream.peek(1):  # buffered bytes, or bytes the socket holds, without blocking
+                return True
+        finally:
+            self._sock.settimeout(self._read_timeout)
+        readable, _, _ = select.select([self._sock], [], [], timeout)
+        return bool(readable)
+
+    def send(self, *command) -> None:
+        """Send one command without reading its reply (a subscriber's PING: the reply comes as a message)."""
+        self._sock.sendall(encode_command(*command))
 
     def closed_by_server(self) -> bool:
         """True when the socket already holds the server's close (or stray bytes).
