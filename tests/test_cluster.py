@@ -280,14 +280,8 @@ def test_a_frozen_node_loses_its_download_to_another_and_abandons_it_when_it_wak
 # ---------------------------------------------------------------- redis-server killed and restarted
 
 
-# A claim that Redis ran but whose reply the dying redis-server never sent leaves its job running under a
-# live worker that does not know it (test_a_claim_whose_reply_was_lost_...): until that is fixed, only
-# --job-timeout frees such a job, so the tests that kill redis-server under load keep it short.
-GHOST_CLAIM_BOUND = ("--job-timeout", "5")
-
-
 def test_redis_killed_and_restarted_answers_503_meanwhile_then_every_call_completes(make_cluster, upstream):
-    cluster = make_cluster("redis", *FAST_RETRIES, *GHOST_CLAIM_BOUND)
+    cluster = make_cluster("redis", *FAST_RETRIES)
     player = Player(cluster)
     wav = sized_wav(50_000, seed="outage")
     calls = [f"CA-OUT-{i}" for i in range(12)]
@@ -355,8 +349,6 @@ def test_a_redis_restarted_without_its_data_is_503_holds_no_recsvc_data_on_every
     assert all("holds no recsvc data" in answer.json["reason"] for answer in ready), [a.body for a in ready]
 
 
-@pytest.mark.xfail(strict=True, reason="a worker does not notice a running job of its own that it is not running: "
-                          "the job keeps a fresh heartbeat until --job-timeout")
 def test_a_claim_whose_reply_was_lost_is_given_back_within_a_few_heartbeats(make_cluster, upstream):
     """redis-server killed between running a node's claim and sending the reply leaves the job running
     under that node's live worker, which never got it. Here the claim script is run for the worker by
@@ -501,7 +493,7 @@ def test_200_players_through_a_node_kill_and_a_redis_restart_all_end_with_their_
         make_cluster, upstream):
     """200 players of recsvc.player.client (CONTRACT 7: Retry-After, backoff on 503, Prefer: wait), each
     on a call of its own, while one node is kill -9'd and redis-server is killed and restarted."""
-    cluster = make_cluster("redis", *FAST_RETRIES, "--job-timeout", "10")
+    cluster = make_cluster("redis", *FAST_RETRIES)
     player = Player(cluster)
     calls = {f"CA-DRILL-{i:03d}": sized_wav(8_000 + i, seed=f"drill-{i}") for i in range(200)}
     for sid, wav in calls.items():

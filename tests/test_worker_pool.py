@@ -193,6 +193,29 @@ def test_a_download_that_outlives_its_job_changes_no_row(make_harness, upstream)
     assert temp_files(h.app.files) == []
 
 
+def test_a_job_claimed_for_this_worker_that_no_thread_holds_is_given_back_at_the_next_heartbeat(
+        make_harness, upstream):
+    """A claim the store ran whose reply never came (its server died in between): no thread holds the
+    job, and its beats, written by this live worker, would keep it from ever looking stuck."""
+    h = make_harness(workers=0)
+    pool = hand_stepped_pool(h.app)
+    token = h.business()
+    body = tune_for("L")
+    h.put_call(token, "CA-LOST", upstream.set("/lost.wav", body=body))
+    assert h.play(token, "CA-LOST").status == 202
+    with h.app.store.writing() as tx:  # the claim is made; its reply is lost on the way
+        lost = tx.claim_next_job(pool.worker_id, h.clock())
+
+    pool.heartbeat()
+
+    replacement, given_back = h.jobs("CA-LOST")
+    assert (given_back["id"], given_back["status"], given_back["error_code"]) == (lost.id, "failed", "orphaned")
+    assert (replacement["status"], replacement["attempt"]) == ("queued", 0), "a claim that never ran is no retry"
+    assert pool.run_once() is True
+    answer = h.play(token, "CA-LOST")
+    assert (answer.status, answer.body) == (200, body)
+
+
 # ---------------------------------------------------------------- the supervisor
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")

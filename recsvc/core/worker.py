@@ -147,6 +147,8 @@ class WorkerPool:
         self._running_lock = threading.Lock()  # guards _running and _unrecorded
         self._running: dict[int, _Running] = {}
         self._unrecorded: dict[int, tuple[Job, str, str]] = {}  # job id -> (job, error_code, message)
+        self._claims = 0  # claims begun so far; under _running_lock, as is _claiming
+        self._claiming = 0  # claims begun whose job is not in _running yet (or that found none)
         self.claim_outage = StorageOutage("download threads cannot claim jobs", log)
         self.heartbeat_outage = StorageOutage(f"worker {self.worker_id} heartbeat", log)
 
@@ -252,6 +254,8 @@ class WorkerPool:
         with self._running_lock:
             in_flight = {job_id: running for job_id, running in self._running.items() if not running.settled}
             unrecorded = list(self._unrecorded.values())
+            known = set(self._running) | set(self._unrecorded)
+            claims = self._claims if not self._claiming else None
         now = self.clock()
         lease = (HOSTNAME, os.getpid(), self.threads, self.heartbeat_interval, self.started_at)
         with self.store.writing() as tx:
@@ -269,6 +273,25 @@ class WorkerPool:
                 log.warning("job=%d call_sid=%s is no longer ours; abandoning its download",
                             job_id, running.job.call_sid)
                 running.cut.abandon()
+        with self._running_lock:  # no claim began since the look at _running: its job would be unknown
+            settled = claims is not None and claims == self._claims
+        if settled and mine - known:
+            self._give_back(mine - known, now)
+
+    def _give_back(self, job_ids: set[int], now: float) -> None:
+        """Jobs the store runs under this worker that no thread of it holds: a claim the store made
+        whose reply never came (its server died in between). They are replaced in their queue place
+        with the same attempt, as orphans are (CONTRACT 4): the claim was never a try."""
+        replaced = []
+        with self.store.writing() as tx:
+            for job_id in sorted(job_ids):
+                job = tx.get_job(job_id)
+                if job is not None and job.worker_id == self.worker_id and \
+                        tx.replace_job(job, ORPHANED, "its claim's reply was lost", now) is not None:
+                    replaced.append(job)
+        for job in replaced:  # told once the commit made it true (CONTRACT 3)
+            log.warning("[ORPHAN] job=%d call_sid=%s failed: its claim's reply was lost; replacement queued",
+                        job.id, job.call_sid)
 
     def abandoned_downloads(self) -> int:
         """Download threads busy on jobs that are no longer theirs, as the database says now."""
@@ -283,25 +306,40 @@ class WorkerPool:
 
     def run_once(self) -> bool:
         """Claim and run one job; False when there was nothing to claim."""
-        now = self.clock()
-        with self.store.writing() as tx:
-            job = tx.claim_next_job(self.worker_id, now)
-        self.claim_outage.worked()
-        if job is None:
+        running = self._claim()
+        if running is None:
             return False
-        running = _Running(job, JobCut(self._seconds_left(job, now)))
         with self._busy_lock:
             self._busy += 1
-        with self._running_lock:
-            self._running[job.id] = running
         try:
-            self._run(job, running)
+            self._run(running.job, running)
         finally:
             with self._running_lock:
-                del self._running[job.id]
+                del self._running[running.job.id]
             with self._busy_lock:
                 self._busy -= 1
         return True
+
+    def _claim(self) -> _Running | None:
+        """Claim the next job and hold it in ``_running``; meanwhile the heartbeat knows that a claim
+        is under way, and gives back no job of this worker that it cannot find there yet."""
+        now = self.clock()
+        with self._running_lock:
+            self._claims += 1
+            self._claiming += 1
+        try:
+            with self.store.writing() as tx:
+                job = tx.claim_next_job(self.worker_id, now)
+            self.claim_outage.worked()
+            if job is None:
+                return None
+            running = _Running(job, JobCut(self._seconds_left(job, now)))
+            with self._running_lock:
+                self._running[job.id] = running
+            return running
+        finally:
+            with self._running_lock:
+                self._claiming -= 1
 
     def _seconds_left(self, job: Job, claimed_at: float) -> float | None:
         """Time to the job's deadline, ``started_at + job-timeout`` (CONTRACT 4), from the claim: the
