@@ -130,10 +130,11 @@ def _given_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
-def _fail(line: str) -> int:
-    """A start-up failure: one line on stderr, exit status 2 (CONTRACT 2)."""
+def _fail(line: str, status: int = 2) -> int:
+    """A start-up failure: one line on stderr, exit status 2 (CONTRACT 2), or 1 for a fault that
+    may pass by itself (StartError.passing), which a supervisor restarts."""
     _announce(f"recsvc: error: {line}")
-    return 2
+    return status
 
 
 def _counter_shown(counter: str) -> str:
@@ -206,7 +207,7 @@ def run_service(args: argparse.Namespace, http: bool) -> int:
             except Exception:
                 log.debug("cleanup after a failed start failed", exc_info=True)
         if isinstance(exc, StartError):
-            return _fail(str(exc))
+            return _fail(str(exc), 1 if exc.passing else 2)
         return _fail(f"cannot start: {getattr(exc, 'strerror', None) or exc} ({type(exc).__name__})")
     if child:
         watch_parent(args.parent_fd, signals.stop.set, app.waiters.job_ended)

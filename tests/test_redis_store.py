@@ -11,13 +11,16 @@ import hashlib
 import itertools
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
-from conftest import FakeClock, Harness, make_settings, wait_until
+from conftest import ROOT, FakeClock, Harness, make_settings, wait_until
 from contract_steps import at_once, call_with_recording, jobs_of, new_business, retry_counter, wait_for_job, \
     wait_until_running
+from redis_server import RedisServer, free_port
 
 from recsvc.contract.clock import system_clock
 from recsvc.core.worker import new_worker_id
@@ -330,6 +333,35 @@ def test_an_unreachable_redis_at_start_is_one_line(tmp_path, redis_server):
 
     with pytest.raises(StartError, match=r"cannot be used: cannot connect to redis://127\.0\.0\.1:\d+/9"):
         App(make_settings(tmp_path / "data", store=url))
+
+
+def start_exit(tmp_path, store: str) -> tuple[int, str]:
+    """``serve --store STORE`` that cannot start: its exit status and its one line."""
+    done = subprocess.run([sys.executable, "-m", "recsvc", "serve", "--port", "0", "--store", store,
+                           "--data-dir", str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30)
+    return done.returncode, done.stderr
+
+
+def test_a_redis_that_may_come_back_is_exit_status_1_and_a_refused_password_is_2(tmp_path, redis_server):
+    (tmp_path / "data").mkdir()
+    replica = RedisServer(tmp_path / "data", extra_args=("--replicaof", "127.0.0.1", str(free_port())))
+    replica.start()  # a replica of a master that is not there: it refuses every write (READONLY)
+    try:
+        status, line = start_exit(tmp_path, replica.url())
+        assert (status, line.count("\n")) == (1, 1) and "READONLY" in line, line
+    finally:
+        replica.kill()
+    status, line = start_exit(tmp_path, replica.url())  # nothing listens there now
+    assert (status, line.count("\n")) == (1, 1) and "cannot connect" in line, line
+
+    locked = RedisServer(tmp_path / "data", password="the-right-one")
+    locked.start()
+    try:
+        status, line = start_exit(tmp_path, locked.url(password="a-wrong-one"))
+        assert (status, line.count("\n")) == (2, 1) and "refused AUTH or SELECT" in line, line
+    finally:
+        locked.kill()
 
 
 def test_recsvc_jobs_reads_a_redis_store_as_the_admin_api_lists_it(nodes, redis_server):

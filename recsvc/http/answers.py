@@ -128,8 +128,8 @@ ERRORS: dict[str, Meaning] = {
         'The database stayed locked; ask again after Retry-After (3, storage faults).',
         retry_after=True),
     "storage_unavailable": Meaning(
-        503, 'Storage is unavailable (disk full, read-only or failing); try again.',
-        'Disk full, I/O error or read-only storage; nothing changed; ask again after Retry-After (3, storage faults).',
+        503, 'Storage is unavailable (disk full, read-only or failing, or its server unreachable); try again.',
+        'Disk full, I/O error, read-only storage or a store server that does not answer; nothing changed; ask again after Retry-After (3, storage faults).',
         retry_after=True),
     "counter_unavailable": Meaning(
         503, 'The retry counter is unavailable; try again.',

@@ -46,7 +46,13 @@ DATABASE_FILE = "recsvc.sqlite3"
 
 
 class StartError(Exception):
-    """A start-up that cannot go on; its text is the one line the command line prints (exit 2)."""
+    """A start-up that cannot go on; its text is the one line the command line prints. ``passing``:
+    a fault that can pass by itself (a store server not reachable yet), so a restart may work (exit 1
+    rather than 2, which tells a supervisor not to restart)."""
+
+    def __init__(self, line: str, *, passing: bool = False):
+        super().__init__(line)
+        self.passing = passing
 
 
 def prepare_data_dir(path: str) -> None:
@@ -126,11 +132,14 @@ class App:
         """The store ``--store`` names: the data dir's SQLite database, or a Redis server (a RedisStore,
         which offers the same interface; loaded only then)."""
         if settings.store != "sqlite://":
-            from ..storage.redis_store import RedisStore
+            from ..storage.redis_store import AccessRefused, RedisStore
             try:
                 return RedisStore(settings.store)
             except Exception as exc:  # unreachable, AUTH refused, a newer layout: one line names the store
-                raise StartError(f"the store {parse_redis_url(settings.store)} cannot be used: {exc}") from None
+                # Unreachable, loading, a replica during a failover: a restart may find it working.
+                passing = isinstance(exc, StoreError) and not isinstance(exc, AccessRefused)
+                raise StartError(f"the store {parse_redis_url(settings.store)} cannot be used: {exc}",
+                                 passing=passing) from None
         database = os.path.join(settings.data_dir, DATABASE_FILE)
         private_database(database)
         try:

@@ -62,6 +62,10 @@ CONNECT_TIMEOUT = 0.5
 READ_TIMEOUT = 2.0  # a script runs in microseconds; a server silent this long is not answering
 
 
+class AccessRefused(StoreUnavailable):
+    """The server refused AUTH or SELECT: a setting to correct, where the other faults pass by themselves."""
+
+
 class ActiveJobExists(StoreError):
     """An insert for a call that already has an active job (CONTRACT 8.1), as SQLite's unique index refuses it."""
 
@@ -477,7 +481,7 @@ class RedisStore:
         try:
             conn = RedisConnection(self.address, self._connect_timeout, self._read_timeout)
         except RedisReplyError as exc:
-            raise self._remember(StoreUnavailable(f"{self.path} refused AUTH or SELECT: {exc}")) from None
+            raise self._remember(AccessRefused(f"{self.path} refused AUTH or SELECT: {exc}")) from None
         except (OSError, RedisProtocolError) as exc:
             raise self._remember(StoreUnavailable(f"cannot connect to {self.path}: {_describe(exc)}")) from None
         with self._idle_lock:

@@ -308,8 +308,8 @@ class StoreBusy(StoreError):
 
 
 class StoreUnavailable(StoreError):
-    """The database cannot be written or read: disk full, I/O error, read-only, cannot be opened
-    (CONTRACT 3: 503 ``storage_unavailable``)."""
+    """The store cannot be written or read: disk full, I/O error, read-only, cannot be opened, or its
+    server does not answer (CONTRACT 3: 503 ``storage_unavailable``)."""
 
 
 # SQLite's primary result codes that are faults of the host, not of recsvc's SQL.
