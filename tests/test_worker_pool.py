@@ -8,18 +8,20 @@ upstream on 127.0.0.1.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 
 import pytest
 
-from conftest import FakeClock, wait_until
+from conftest import FakeClock, Harness, make_settings, wait_until
 from recsvc.demo.audio import sized_wav, tune_for
 from recsvc.storage.files import HOSTNAME, TEMP_SUFFIX, RecordingFiles
 from recsvc.core.metrics import Metrics
 from recsvc.storage.store import Store
 from recsvc.core.worker import WorkerPool
+from recsvc.run.app import App
 
 T0 = 1_800_000_000.0
 
@@ -214,6 +216,23 @@ def test_a_job_claimed_for_this_worker_that_no_thread_holds_is_given_back_at_the
     assert pool.run_once() is True
     answer = h.play(token, "CA-LOST")
     assert (answer.status, answer.body) == (200, body)
+
+
+def test_a_download_that_outlives_its_process_stop_is_left_running_in_one_line_without_a_traceback(
+        tmp_path, clock, upstream, caplog):
+    app = App(make_settings(tmp_path / "data", workers=1), clock=clock).start()
+    h = Harness(app, clock, upstream)
+    token = h.business()
+    h.put_call(token, "CA-STOP", upstream.set("/stop.wav", body=sized_wav(20_000), hang=True))
+    assert h.play(token, "CA-STOP").status == 202
+    assert upstream.wait_for_hits("/stop.wav", 1)
+
+    assert app.stop(grace=0.1) is False  # the download is still held when the stop's grace ends
+    upstream.release()
+    wait_for(lambda: app.pool.busy == 0, what="the held download ending after the stop")
+
+    assert "as this process stops; left running for the orphan check" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
 
 
 # ---------------------------------------------------------------- the supervisor

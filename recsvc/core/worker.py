@@ -381,10 +381,8 @@ class WorkerPool:
         except OSError as exc:
             running.settled = True
             return STORAGE_ERROR, f"could not store the recording: {exc.strerror or exc}"
-        except StoreError as exc:  # the end could not be recorded: the next heartbeat that can write will
-            log.warning("job=%d call_sid=%s: its end could not be recorded (%s); kept for the next heartbeat",
-                        job.id, job.call_sid, exc)
-            self._remember_unrecorded(job, STORAGE_ERROR, f"could not record the recording: {exc}")
+        except StoreError as exc:  # the end could not be recorded
+            self._cannot_record(job, "finished", exc, STORAGE_ERROR, f"could not record the recording: {exc}")
         except Exception as exc:  # a fault of ours must not leave the job running until job-timeout
             running.settled = True
             log.exception("job=%d call_sid=%s: unexpected error", job.id, job.call_sid)
@@ -399,7 +397,17 @@ class WorkerPool:
                 self.files.discard(temp_path)
         return None
 
-    def _remember_unrecorded(self, job: Job, code: str, message: str) -> None:
+    def _cannot_record(self, job: Job, what: str, exc: StoreError, code: str, message: str) -> None:
+        """An end the store did not take: failed ``code`` by the next heartbeat that can write. Once
+        this process stops there is no next heartbeat (a download that outlived the stop): the job is
+        left running for the orphan check of the next start, or its worker's lease (CONTRACT 4)."""
+        if self._stopping.is_set():
+            log.warning("job=%d call_sid=%s %s but that could not be recorded (%s) as this process stops; "
+                        "left running for the orphan check of the next start or its worker's lease",
+                        job.id, job.call_sid, what, exc)
+            return
+        log.warning("job=%d call_sid=%s %s but that could not be recorded (%s); kept for the next heartbeat",
+                    job.id, job.call_sid, what, exc)
         with self._running_lock:
             self._unrecorded[job.id] = (job, code, message)
 
@@ -471,9 +479,7 @@ class WorkerPool:
             with self.store.writing() as tx:
                 owned = tx.fail_owned_job(job.id, self.worker_id, code, message, self.clock())
         except StoreError as exc:
-            log.warning("job=%d call_sid=%s failed (%s) but that could not be recorded (%s); "
-                        "kept for the next heartbeat", job.id, job.call_sid, code, exc)
-            self._remember_unrecorded(job, code, message)
+            self._cannot_record(job, f"failed ({code})", exc, code, message)
             return
         if owned:
             self._failed(job, code, message)

@@ -622,6 +622,8 @@ class _Checkout:
         self._pooled = True
 
     def __enter__(self) -> sqlite3.Connection:
+        if self._store.closed:  # a download that outlived its process's stop: a store fault, not a crash
+            raise StoreUnavailable(f"the database {self._store.path} is closed")
         try:
             self._conn, self._pooled = self._pool.take()
         except sqlite3.Error as exc:  # opening a connection
@@ -684,6 +686,7 @@ class Store:
         self._writes = ConnectionPool(self._connect, self.WRITE_CONNECTIONS, busy_timeout, held, self._pool_busy)
         self._open_write = threading.local()  # .tx: this thread's transaction inside writing(), if any
         self.last_fault: tuple[float, StoreError] | None = None  # (time.monotonic(), fault) of the last one
+        self.closed = False
         with self._connection(write=True) as conn:
             self._migrate(conn)
 
@@ -831,6 +834,7 @@ class Store:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
+        self.closed = True
         with self._all_lock:
             conns, self._all = self._all, []
         for conn in conns:
