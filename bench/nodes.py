@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recsvc.core.worker import parse_worker_id
+from recsvc.storage.files import parse_worker_id
 from recsvc.demo.audio import sized_wav
 from recsvc.demo.fake_upstream import FakeUpstream
 from recsvc.player.client import RecordingClient, RecordingError

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from recsvc.storage.files import parse_worker_id
 from tools.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,7 +217,10 @@ class Cluster:
 
     def node_of_worker(self, worker_id: str) -> int:
         """The node whose process runs ``worker_id`` (a job's ``worker_id``: host:pid:tag)."""
-        pid = int(worker_id.split(":")[-2])
+        owner = parse_worker_id(worker_id)
+        if owner is None:
+            raise LookupError(f"{worker_id!r} is not a recsvc worker id")
+        pid = owner[1]
         for i, process in enumerate(self._nodes):
             if process is not None and process.pid == pid:
                 return i

@@ -20,6 +20,7 @@ ACTIVE_STATUSES = (QUEUED, RUNNING)
 # Job failures, CONTRACT 4.
 STUCK = "stuck"
 ORPHANED = "orphaned"
+ORPHANED_MESSAGE = "worker restarted"  # the error_message of a job failed orphaned (CONTRACT 4)
 SUPERSEDED = "superseded"
 UPSTREAM_NOT_FOUND = "upstream_not_found"
 UPSTREAM_AUTH_FAILED = "upstream_auth_failed"

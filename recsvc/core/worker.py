@@ -54,8 +54,8 @@ from typing import Callable
 
 from ..contract.clock import Clock
 from ..contract.decision import running_too_long
-from ..contract.model import DOWNLOAD_FAILED, ORPHANED, STORAGE_ERROR, STUCK, TWILIO_CREDENTIALS, Job, Recording
-from ..storage.files import HOSTNAME, RecordingFiles, process_alive
+from ..contract.model import DOWNLOAD_FAILED, ORPHANED, ORPHANED_MESSAGE, STORAGE_ERROR, STUCK, TWILIO_CREDENTIALS, Job, Recording
+from ..storage.files import HOSTNAME, RecordingFiles, parse_worker_id, process_alive
 from ..storage.store import StorageOutage, Store, StoreError
 from .media import AUDIO_TYPES
 from .metrics import Metrics
@@ -66,15 +66,6 @@ log = logging.getLogger(__name__)
 
 def new_worker_id() -> str:
     return f"{HOSTNAME}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def parse_worker_id(worker_id: str) -> tuple[str, int] | None:
-    """(host, pid) of a worker id, or None when it is not one of ours."""
-    host, sep, rest = worker_id.rpartition(":")
-    host, sep2, pid = host.rpartition(":")
-    if not sep or not sep2 or not pid.isdigit():
-        return None
-    return host, int(pid)
 
 
 def recover_orphans(store: Store, files: RecordingFiles, clock: Clock, own_worker_id: str | None = None) -> int:
@@ -96,7 +87,7 @@ def recover_orphans(store: Store, files: RecordingFiles, clock: Clock, own_worke
             same_pid_other_run = pid == os.getpid() and job.worker_id != own_worker_id
             if process_alive(pid) and not same_pid_other_run:
                 continue
-            if tx.replace_job(job, ORPHANED, "worker restarted", now) is not None:
+            if tx.replace_job(job, ORPHANED, ORPHANED_MESSAGE, now) is not None:
                 replaced.append(job)
         for worker_id, host, pid, *_ in tx.all_workers():
             if host == HOSTNAME and worker_id != own_worker_id and (pid == os.getpid() or not process_alive(pid)):

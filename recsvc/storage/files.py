@@ -41,6 +41,15 @@ def process_alive(pid: int) -> bool:
 HOSTNAME = socket.gethostname()
 
 
+def parse_worker_id(worker_id: str) -> tuple[str, int] | None:
+    """(host, pid) of a worker id (``host:pid:tag``, recsvc.core.worker), or None when it is not one of ours."""
+    host, sep, rest = worker_id.rpartition(":")
+    host, sep2, pid = host.rpartition(":")
+    if not sep or not sep2 or not pid.isdigit():
+        return None
+    return host, int(pid)
+
+
 class RecordingFiles:
     """The ``recordings/`` folder of a data dir."""
 

@@ -46,18 +46,17 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, TextIO
 
-from ..contract.model import FAILED, ORPHANED, QUEUED, RUNNING
+from ..contract.model import FAILED, ORPHANED, ORPHANED_MESSAGE, QUEUED, RUNNING
 from ..contract.settings import LIVENESS_BEATS, parse_redis_url
 from . import redis_keys as K
 from .counter import retry_key
-from .files import HOSTNAME, process_alive
+from .files import HOSTNAME, parse_worker_id, process_alive
 from .resp import RedisConnection, RedisProtocolError, RedisReplyError
 from .store import SCHEMA_VERSION
 
 BATCH = 2000  # commands per round trip
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 300.0  # EXEC of a large move runs for seconds on the server
-ORPHAN_MESSAGE = "worker restarted"
 
 # Every row of the source, in the field order of redis_keys (the SQLite columns bear the same names).
 DUMP = {
@@ -155,9 +154,8 @@ def _orphaned(worker_id: str | None, hosts: dict[str, tuple[str, int]]) -> bool:
     if not worker_id:
         return False
     owner = hosts.get(worker_id)
-    if owner is None:  # its row is gone: the id itself is host:pid:suffix
-        host, _, rest = worker_id.rpartition(":")[0].rpartition(":")
-        owner = (host, int(rest)) if rest.isdigit() else None
+    if owner is None:  # its row is gone: the id itself names host and pid
+        owner = parse_worker_id(worker_id)
     return owner is not None and owner[0] == HOSTNAME and not process_alive(owner[1])
 
 
@@ -196,7 +194,7 @@ def move_commands(conn: sqlite3.Connection, moved: Moved, now: float) -> Iterato
         job = dict(zip(K.JOB_FIELDS, row))
         last_job = max(last_job, job["id"])
         if job["status"] == RUNNING and _orphaned(job["worker_id"], hosts):
-            job.update(status=FAILED, finished_at=now, error_code=ORPHANED, error_message=ORPHAN_MESSAGE)
+            job.update(status=FAILED, finished_at=now, error_code=ORPHANED, error_message=ORPHANED_MESSAGE)
             replaced.append(job)
         yield from _job_commands(job)
         counts[job["status"]] += 1
